@@ -1,0 +1,1 @@
+"""Datasets: the on-disk frame format, the unified taxonomy, generators and splits."""
