@@ -1,0 +1,135 @@
+"""The occbench command line: one verb per step of the DAG.
+
+Snakemake rules and DVC stages call these verbs and nothing else, so every step
+can also be run, debugged and resumed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from occbench.config import load_params
+from occbench.workflow.grid import REPORTS, Grid
+
+
+def _convert(args, params) -> None:
+    from occbench.data.convert import convert
+
+    failures = convert(params, args.dataset, workers=args.workers)
+    if failures:
+        raise SystemExit(f"occbench convert: {len(failures)} frame(s) failed:\n  " + "\n  ".join(failures))
+
+
+def _split(args, params) -> None:
+    from occbench.data.dataset import FrameIndex
+    from occbench.data.splits import nested_subset, write_split
+    from occbench.workflow.grid import index_path, split_path
+
+    index = FrameIndex(index_path(args.dataset))
+    subset = nested_subset(index.ids("train"), args.fraction, params["splits"]["seed"])
+    write_split(split_path(args.dataset, args.subset, args.fraction), subset)
+
+
+def _pretrain(args, params) -> None:
+    from occbench.pretrain.job import pretrain
+    from occbench.workflow.grid import PretrainRun
+
+    pretrain(params, PretrainRun(args.backbone, args.dataset, args.method, args.fraction))
+
+
+def _finetune(args, params) -> None:
+    from occbench.tasks import TASKS
+
+    run = Grid(params).finetune_run(args.task, args.backbone, args.dataset, args.source,
+                                    args.label_fraction, args.seed)
+    metrics = TASKS[args.task](params, run).execute()
+    print({key: value for key, value in metrics.items() if not isinstance(value, dict)})
+
+
+def _aggregate(args, params) -> None:
+    from occbench.report.summary import aggregate
+
+    aggregate(Grid(params), args.out)
+
+
+def _report(args, params) -> None:
+    from occbench.report.summary import report
+
+    report(Grid(params), args.out)
+
+
+def _validate(args, params) -> None:
+    grid = Grid(params)
+    print(f"{' + '.join(map(str, args.params))}: valid; {len(grid.pretrain_runs)} pre-training and "
+          f"{len(grid.finetune_runs)} fine-tuning runs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="occbench", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, action="append",
+                        help="experiment grid and hyperparameters (default: params.yaml); "
+                             "repeat to overlay a file on the previous ones, e.g. .test/params.yaml")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    verb = verbs.add_parser("convert", help="generate or convert a dataset into occbench frames")
+    verb.add_argument("--dataset", required=True)
+    verb.add_argument("--workers", type=int, default=1)
+    verb.set_defaults(handler=_convert)
+
+    verb = verbs.add_parser("split", help="write a nested, seeded subset of the training frames")
+    verb.add_argument("--dataset", required=True)
+    verb.add_argument("--subset", choices=["pretrain", "labels"], required=True)
+    verb.add_argument("--fraction", type=float, required=True)
+    verb.set_defaults(handler=_split)
+
+    verb = verbs.add_parser("pretrain", help="pre-train the backbone with one method")
+    verb.add_argument("--backbone", required=True)
+    verb.add_argument("--dataset", required=True)
+    verb.add_argument("--method", required=True)
+    verb.add_argument("--fraction", type=float, required=True)
+    verb.set_defaults(handler=_pretrain)
+
+    verb = verbs.add_parser("finetune", help="fine-tune one downstream run and evaluate it")
+    verb.add_argument("--task", required=True)
+    verb.add_argument("--backbone", required=True)
+    verb.add_argument("--dataset", required=True, help="fine-tuning dataset")
+    verb.add_argument("--source", required=True, help="'scratch' or a pre-training tag METHOD-DATASET-pt_FRACTION")
+    verb.add_argument("--label-fraction", type=float, required=True)
+    verb.add_argument("--seed", type=int, required=True)
+    verb.set_defaults(handler=_finetune)
+
+    verb = verbs.add_parser("aggregate", help="collect the grid's runs into summary tables and DVC metrics")
+    verb.add_argument("--out", type=Path, default=REPORTS)
+    verb.set_defaults(handler=_aggregate)
+
+    verb = verbs.add_parser("report", help="write the papers' tables and plots from the summary")
+    verb.add_argument("--out", type=Path, default=REPORTS)
+    verb.set_defaults(handler=_report)
+
+    verb = verbs.add_parser("validate", help="check params.yaml and count the runs of its grid")
+    verb.set_defaults(handler=_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    try:
+        args.params = args.params or [Path("params.yaml")]
+        params = load_params(*args.params)
+        args.handler(args, params)
+    except (ValueError, FileNotFoundError) as err:  # bad input: say which file and why
+        if os.environ.get("OCCBENCH_DEBUG"):
+            raise
+        print(f"occbench {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    print(f"occbench {args.verb}: done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

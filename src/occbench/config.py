@@ -1,0 +1,120 @@
+"""Load and validate params.yaml: the one home of the grid and every hyperparameter.
+
+The JSON schema in workflow/schemas/ is the single definition of what a valid
+file looks like; the Snakefile validates ``config`` against the same file.
+``check_consistency`` adds the few cross-key rules a schema cannot express.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = Path(
+    os.environ.get("OCCBENCH_SCHEMA", PROJECT_ROOT / "workflow" / "schemas" / "params.schema.yaml")
+)
+
+
+class ParamsError(ValueError):
+    """params.yaml is not a valid occbench experiment description."""
+
+
+@lru_cache(maxsize=1)
+def load_schema() -> dict[str, Any]:
+    try:
+        return yaml.safe_load(SCHEMA_PATH.read_text())
+    except FileNotFoundError as err:
+        raise ParamsError(
+            f"{SCHEMA_PATH}: schema not found; install occbench from its source tree "
+            "(pip install -e .) or point OCCBENCH_SCHEMA at workflow/schemas/params.schema.yaml"
+        ) from err
+
+
+def _key_path(path: Any) -> str:
+    parts = []
+    for part in path:
+        parts.append(f"[{part}]" if isinstance(part, int) else f".{part}")
+    return "".join(parts).lstrip(".") or "<top level>"
+
+
+def validate_params(params: Any, source: str = "params.yaml") -> dict[str, Any]:
+    """Raise ParamsError naming every bad key of ``params``; return it unchanged."""
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [f"{source}: {_key_path(e.absolute_path)}: {e.message}" for e in errors]
+        raise ParamsError("invalid parameters\n  " + "\n  ".join(lines))
+    check_consistency(params, source)
+    return params
+
+
+def check_consistency(params: dict[str, Any], source: str = "params.yaml") -> None:
+    """Rules spanning several keys, which the schema cannot state."""
+    problems = []
+    grid = params["grid"]
+    for index, transfer in enumerate(grid["transfers"]):
+        for role in ("pretrain", "finetune"):
+            if transfer[role] not in params["datasets"]:
+                problems.append(
+                    f"grid.transfers[{index}].{role}: dataset {transfer[role]!r} "
+                    f"is not defined under datasets"
+                )
+    for index, backbone in enumerate(grid["backbones"]):
+        if backbone not in params["backbones"]:
+            problems.append(f"grid.backbones[{index}]: {backbone!r} is not defined under backbones")
+    for name, dataset in params["datasets"].items():
+        sensor = dataset.get("sensor")
+        if sensor and sensor["fov_up_deg"] <= sensor["fov_down_deg"]:
+            problems.append(f"datasets.{name}.sensor: fov_up_deg must exceed fov_down_deg")
+        if sensor and sensor["max_range"] <= sensor["min_range"]:
+            problems.append(f"datasets.{name}.sensor: max_range must exceed min_range")
+    low, high = params["voxelization"]["point_cloud_range"][:3], params["voxelization"]["point_cloud_range"][3:]
+    if any(lo >= hi for lo, hi in zip(low, high)):
+        problems.append("voxelization.point_cloud_range: each minimum must be below its maximum")
+    schedule = params["finetune"]["segmentation"]["epochs"]
+    if max(entry["up_to_label_fraction"] for entry in schedule) < max(grid["label_fractions"]):
+        problems.append(
+            "finetune.segmentation.epochs: no entry covers the largest label fraction "
+            f"{max(grid['label_fractions'])}"
+        )
+    if problems:
+        raise ParamsError("invalid parameters\n  " + "\n  ".join(f"{source}: {p}" for p in problems))
+
+
+def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """Overlay one params dict on another as Snakemake merges --configfile:
+    mappings merge key by key, anything else (lists included) is replaced."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError as err:
+        raise ParamsError(f"{path}: file not found") from err
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of parameters at the top level")
+    return data
+
+
+def load_params(*paths: str | os.PathLike) -> dict[str, Any]:
+    """Read params.yaml, then each overlay file on top of it, and validate the result."""
+    paths = tuple(Path(p) for p in paths) or (Path("params.yaml"),)
+    params: dict[str, Any] = {}
+    for path in paths:
+        params = merge(params, _read_yaml(path))
+    return validate_params(params, " + ".join(map(str, paths)))

@@ -1,0 +1,1 @@
+"""Evaluation metrics and the statistics used to summarise them over seeds."""

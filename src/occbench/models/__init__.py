@@ -1,0 +1,5 @@
+"""The shared backbone: voxelization and one spconv encoder-decoder for every method."""
+
+from occbench.models import spconv_compat
+
+spconv_compat.enable_cpu_backward()

@@ -1,0 +1,205 @@
+"""From run directories to one summary row per (setting, label fraction, metric).
+
+Every table, plot and the DVC metrics file are views of the frame returned by
+``summarise``, so they can never disagree about a number.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import pandas as pd
+
+from occbench.io import read_json
+from occbench.metrics.stats import mean_ci95, nan_to_none
+
+SCRATCH = "scratch"
+# A run's coordinates as stored under "run" in run_meta.json.
+COORDINATES = (
+    "task",
+    "backbone",
+    "method",
+    "pretrain_dataset",
+    "pretrain_fraction",
+    "finetune_dataset",
+    "label_fraction",
+    "seed",
+)
+# One summary row: everything but the seed.
+SUMMARY_KEYS = (
+    "task",
+    "backbone",
+    "finetune_dataset",
+    "method",
+    "pretrain_dataset",
+    "pretrain_fraction",
+    "label_fraction",
+    "metric",
+)
+# What a pre-trained row is compared with: the scratch row of the same cell.
+SCRATCH_MATCH_KEYS = ("task", "backbone", "finetune_dataset", "label_fraction", "metric")
+# One table or plot per combination of these.
+TABLE_KEYS = ("task", "finetune_dataset", "backbone")
+# One table row or plot line per combination of these.
+ROW_KEYS = ("method", "pretrain_dataset", "pretrain_fraction")
+
+_METRIC_LABELS = {"miou": "mIoU", "accuracy": "accuracy"}
+
+
+def _read_json_file(path: Path) -> Any:
+    try:
+        return read_json(path)
+    except FileNotFoundError as err:
+        raise ValueError(f"{path}: file is missing") from err
+
+
+def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for name, value in metrics.items():
+        if isinstance(value, Mapping):
+            yield from _flatten(value, f"{prefix}{name}/")
+        else:
+            yield f"{prefix}{name}", value
+
+
+def _run_rows(run_dir: Path) -> list[dict]:
+    meta_path, metrics_path = run_dir / "run_meta.json", run_dir / "metrics.json"
+    run = _read_json_file(meta_path)
+    run = run.get("run") if isinstance(run, dict) else None
+    if not isinstance(run, dict) or not set(COORDINATES) <= run.keys():
+        raise ValueError(f"{meta_path}: 'run' must hold {', '.join(COORDINATES)}")
+    metrics = _read_json_file(metrics_path)
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{metrics_path}: expected a JSON object of metrics")
+    coordinates = {key: run[key] for key in COORDINATES}
+    rows = []
+    for metric, value in _flatten(metrics):
+        if value is None:  # an undefined metric (e.g. IoU of an absent class) is no observation
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{metrics_path}: metric {metric!r} is not a number: {value!r}")
+        rows.append({**coordinates, "metric": metric, "value": float(value)})
+    return rows
+
+
+def collect_runs(run_dirs: Iterable[Path]) -> pd.DataFrame:
+    """Long format, one row per (run, metric); nested metrics are flattened as "iou/road"."""
+    rows = [row for run_dir in run_dirs for row in _run_rows(Path(run_dir))]
+    runs = pd.DataFrame(rows, columns=[*COORDINATES, "metric", "value"])
+    return runs.astype({"pretrain_fraction": float, "label_fraction": float, "value": float})
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean, 95 % t-interval half-width and difference to scratch over seeds.
+
+    Scratch has no pre-training dataset or fraction (NaN), so grouping keeps
+    NaN keys instead of silently dropping every scratch row.
+    """
+    run_keys = [*COORDINATES, "metric"]
+    repeated = runs.duplicated(run_keys)
+    if repeated.any():
+        raise ValueError(f"run collected twice: {runs.loc[repeated, run_keys].iloc[0].to_dict()}")
+    records = []
+    grouped = runs.groupby(list(SUMMARY_KEYS), dropna=False, sort=True)["value"]
+    for group_key, values in grouped:
+        mean, ci95 = mean_ci95(values)
+        records.append(
+            {**dict(zip(SUMMARY_KEYS, group_key)), "n_seeds": len(values), "mean": mean, "ci95": ci95}
+        )
+    summary = pd.DataFrame(records, columns=[*SUMMARY_KEYS, "n_seeds", "mean", "ci95"])
+    scratch = summary.loc[summary["method"] == SCRATCH, [*SCRATCH_MATCH_KEYS, "mean"]]
+    if scratch.duplicated(list(SCRATCH_MATCH_KEYS)).any():
+        raise ValueError("several scratch rows for one setting; scratch runs must not name a pre-training")
+    summary = summary.merge(
+        scratch.rename(columns={"mean": "scratch_mean"}), on=list(SCRATCH_MATCH_KEYS), how="left"
+    )
+    summary["delta_scratch"] = summary["mean"] - summary.pop("scratch_mean")
+    return summary
+
+
+def main_metric_rows(summary: pd.DataFrame, main_metrics: Mapping[str, str]) -> pd.DataFrame:
+    """The summary rows of each task's headline metric (segmentation -> miou)."""
+    unconfigured = sorted(set(summary["task"]) - set(main_metrics))
+    if unconfigured:
+        raise ValueError(f"no main metric configured for task(s) {unconfigured}")
+    return summary[summary["metric"] == summary["task"].map(main_metrics)]
+
+
+def format_percent(fraction: float) -> str:
+    """0.1 -> "10", 0.001 -> "0.1": a fraction as a short percentage number."""
+    return f"{fraction * 100:g}"
+
+
+def fraction_key(fraction: float) -> str:
+    """0.1 -> "10pct", 0.001 -> "0p1pct": dot-free because DVC joins nested keys with "."."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"a fraction must lie in (0, 1], got {fraction}")
+    return format_percent(fraction).replace(".", "p") + "pct"
+
+
+def metric_label(metric: str) -> str:
+    return _METRIC_LABELS.get(metric, metric)
+
+
+def _none_if_missing(value: Any) -> Any:
+    return None if pd.isna(value) else value
+
+
+def row_key(record: Mapping[str, Any], keys: Sequence[str] = ROW_KEYS) -> tuple:
+    """The row a summary record belongs to, with NaN as None so keys compare equal."""
+    return tuple(_none_if_missing(record[key]) for key in keys)
+
+
+def _row_rank(key: tuple, method_order: Sequence[str]) -> tuple:
+    method, *rest = key
+    position = method_order.index(method) if method in method_order else len(method_order)
+    return (method != SCRATCH, position, method, *((value is None, value or 0) for value in rest))
+
+
+def split_rows(
+    frame: pd.DataFrame, method_order: Sequence[str] = (), keys: Sequence[str] = ROW_KEYS
+) -> list[tuple[tuple, pd.DataFrame]]:
+    """(row key, rows) pairs: scratch first, then methods in method_order, unknown ones last."""
+    row_keys = [row_key(record, keys) for record in frame.to_dict("records")]
+    ordered = sorted(set(row_keys), key=lambda key: _row_rank(key, list(method_order)))
+    return [(key, frame[[candidate == key for candidate in row_keys]]) for key in ordered]
+
+
+def row_label(key: tuple) -> str:
+    """Human label, e.g. "also (synthetic, 100 %)"; scratch is just "scratch"."""
+    method, dataset, *fraction = key
+    details = [dataset] if dataset is not None else []
+    details += [f"{format_percent(f)} %" for f in fraction if f is not None]
+    return f"{method} ({', '.join(details)})" if details else method
+
+
+def _dvc_row_id(key: tuple) -> str:
+    method, dataset, fraction = key
+    if method == SCRATCH:
+        return SCRATCH
+    return f"{method}@{dataset}_pt_{fraction_key(fraction)}"
+
+
+def dvc_metrics(summary: pd.DataFrame, main_metrics: Mapping[str, str]) -> dict:
+    """Nested numbers for the DVC metrics file.
+
+    task -> finetune_dataset -> backbone -> row id ("scratch", "also@synthetic_pt_100pct")
+    -> "labels_10pct" -> {"mean", "ci95", "delta_scratch"}, NaN written as null.
+    """
+    metrics: dict = {}
+    for record in main_metric_rows(summary, main_metrics).to_dict("records"):
+        path = [
+            record["task"],
+            record["finetune_dataset"],
+            record["backbone"],
+            _dvc_row_id(row_key(record)),
+            f"labels_{fraction_key(record['label_fraction'])}",
+        ]
+        dotted = [key for key in path if "." in key]
+        if dotted:
+            raise ValueError(f"DVC metric keys must not contain '.': {dotted}")
+        node = metrics
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = {name: nan_to_none(record[name]) for name in ("mean", "ci95", "delta_scratch")}
+    return metrics

@@ -1,0 +1,39 @@
+"""``occbench aggregate`` and ``occbench report``: from the grid's runs to reports/.
+
+Only runs of the current grid are read (results/ may hold runs of older
+grids), so a table never mixes in a run nobody asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from occbench.io import write_json, write_text
+from occbench.report.aggregate import collect_runs, dvc_metrics, summarise
+from occbench.report.plots import plot_label_efficiency, plot_pretrain_scaling
+from occbench.report.tables import write_tables
+from occbench.tasks import TASKS
+from occbench.workflow.grid import Grid
+
+MAIN_METRICS = {name: task.main_metric for name, task in TASKS.items()}
+
+
+def aggregate(grid: Grid, out_dir: Path) -> None:
+    missing = [str(run.metrics) for run in grid.finetune_runs if not run.metrics.exists()]
+    if missing:
+        raise ValueError(f"{len(missing)} run(s) of the grid have no metrics yet, e.g. {missing[0]}")
+    runs = collect_runs(run.directory for run in grid.finetune_runs)
+    summary = summarise(runs)
+    write_text(out_dir / "runs.csv", runs.to_csv(index=False))
+    write_text(out_dir / "summary.csv", summary.to_csv(index=False))
+    write_json(out_dir / "metrics.json", dvc_metrics(summary, MAIN_METRICS))
+
+
+def report(grid: Grid, out_dir: Path) -> None:
+    summary = pd.read_csv(out_dir / "summary.csv")
+    methods = grid.params["grid"]["methods"]
+    write_tables(summary, MAIN_METRICS, out_dir / "tables", method_order=methods)
+    plot_label_efficiency(summary, MAIN_METRICS, out_dir / "figures", method_order=methods)
+    plot_pretrain_scaling(summary, MAIN_METRICS, out_dir / "figures", method_order=methods)

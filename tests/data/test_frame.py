@@ -1,0 +1,118 @@
+import numpy as np
+import pytest
+
+from occbench.data import frame as frame_module
+from occbench.data.frame import (
+    _REQUIRED_DTYPES,
+    FORMAT_VERSION,
+    Frame,
+    FrameFormatError,
+    load_frame,
+    save_frame,
+)
+
+
+def make_frame(num_points: int = 50, num_boxes: int = 3) -> Frame:
+    rng = np.random.default_rng(0)
+    return Frame(
+        points=rng.normal(size=(num_points, 3)),
+        intensity=rng.random(num_points),
+        ring=rng.integers(0, 32, num_points),
+        semantic=rng.integers(0, 9, num_points),
+        instance=rng.integers(0, num_boxes + 1, num_points),
+        boxes=rng.normal(size=(num_boxes, 7)),
+        box_labels=rng.integers(6, 9, num_boxes),
+        pose=np.diag([1.0, 1.0, 1.0, 1.0]) + np.triu(rng.normal(size=(4, 4)), 1),
+        sensor_origin=rng.normal(size=3),
+        meta={"dataset": "test", "sequence": "s", "index": 4, "sensor": "none"},
+        extras={
+            "image": rng.integers(0, 255, (2, 4, 3), dtype=np.uint8),
+            "occupancy": rng.random((3, 3, 2)) > 0.5,
+        },
+    )
+
+
+def test_roundtrip_keeps_every_field_dtype_and_extra(tmp_path):
+    original = make_frame()
+    save_frame(original, tmp_path / "f.npz")
+    loaded = load_frame(tmp_path / "f.npz")
+    for name, dtype in _REQUIRED_DTYPES.items():
+        assert getattr(loaded, name).dtype == dtype, name
+        assert np.array_equal(getattr(loaded, name), getattr(original, name)), name
+    assert loaded.meta == {"format_version": FORMAT_VERSION, **original.meta}
+    assert loaded.extras.keys() == original.extras.keys()
+    for name, value in original.extras.items():
+        assert loaded.extras[name].dtype == value.dtype
+        assert np.array_equal(loaded.extras[name], value)
+
+
+def test_empty_frame_roundtrips(tmp_path):
+    save_frame(make_frame(num_points=0, num_boxes=0), tmp_path / "empty.npz")
+    loaded = load_frame(tmp_path / "empty.npz")
+    assert loaded.points.shape == (0, 3) and loaded.boxes.shape == (0, 7)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_unreadable_file_names_its_path(tmp_path, damage):
+    path = tmp_path / "f.npz"
+    save_frame(make_frame(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"not a frame")
+    with pytest.raises(FrameFormatError, match=str(path)):
+        load_frame(path)
+
+
+def test_missing_field_is_named(tmp_path):
+    path = tmp_path / "f.npz"
+    arrays = {name: getattr(make_frame(), name) for name in _REQUIRED_DTYPES if name != "ring"}
+    np.savez(path, meta=np.array("{}"), **arrays)
+    with pytest.raises(FrameFormatError, match="ring") as err:
+        load_frame(path)
+    assert str(path) in str(err.value)
+
+
+def test_wrong_shape_names_file_and_field(tmp_path):
+    path = tmp_path / "f.npz"
+    arrays = {name: getattr(make_frame(), name) for name in _REQUIRED_DTYPES}
+    arrays["intensity"] = arrays["intensity"][:-1]
+    np.savez(path, meta=np.array("{}"), **arrays)
+    with pytest.raises(FrameFormatError, match="intensity") as err:
+        load_frame(path)
+    assert str(path) in str(err.value)
+
+
+def test_newer_format_is_refused(tmp_path):
+    path = tmp_path / "f.npz"
+    arrays = {name: getattr(make_frame(), name) for name in _REQUIRED_DTYPES}
+    np.savez(path, meta=np.array(f'{{"format_version": {FORMAT_VERSION + 1}}}'), **arrays)
+    with pytest.raises(FrameFormatError, match="newer"):
+        load_frame(path)
+
+
+def test_missing_file_is_not_a_format_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_frame(tmp_path / "absent.npz")
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "f.npz"
+    save_frame(make_frame(), path)
+    assert [p.name for p in tmp_path.iterdir()] == ["f.npz"]
+    before = path.read_bytes()
+
+    def crash_midway(handle, **arrays):
+        handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(frame_module.np, "savez", crash_midway)
+    with pytest.raises(OSError, match="disk full"):
+        save_frame(make_frame(num_points=7), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["f.npz"]
+
+
+def test_extra_may_not_shadow_a_required_field(tmp_path):
+    frame = make_frame()
+    frame.extras["points"] = np.zeros(3)
+    with pytest.raises(ValueError, match="points"):
+        save_frame(frame, tmp_path / "f.npz")

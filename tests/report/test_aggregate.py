@@ -1,0 +1,154 @@
+import json
+import math
+
+import pytest
+
+from occbench.report.aggregate import collect_runs, dvc_metrics, fraction_key, summarise
+
+T_DF1 = 12.706205  # t_{0.975, 1}: two seeds
+# (method, label_fraction) -> mIoU per seed
+MIOU = {
+    ("scratch", 0.1): [0.30, 0.34],
+    ("scratch", 1.0): [0.50, 0.54],
+    ("also", 0.1): [0.40, 0.44],
+    ("also", 1.0): [0.60, 0.62],
+}
+
+
+def write_run(root, method, label_fraction, seed, miou, iou=None):
+    run_dir = root / f"{method}_{label_fraction}_{seed}"
+    run_dir.mkdir()
+    pretrained = method != "scratch"
+    run = {
+        "task": "segmentation",
+        "backbone": "small",
+        "method": method,
+        "pretrain_dataset": "synthetic" if pretrained else None,
+        "pretrain_fraction": 1.0 if pretrained else None,
+        "finetune_dataset": "synthetic",
+        "label_fraction": label_fraction,
+        "seed": seed,
+    }
+    (run_dir / "run_meta.json").write_text(json.dumps({"run": run}))
+    metrics = {"miou": miou, "accuracy": 0.8, "iou": iou or {"road": 0.9, "pole": None}}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    return run_dir
+
+
+@pytest.fixture
+def run_dirs(tmp_path):
+    return [
+        write_run(tmp_path, method, fraction, seed, miou)
+        for (method, fraction), values in MIOU.items()
+        for seed, miou in enumerate(values)
+    ]
+
+
+def test_collect_runs_long_format(run_dirs):
+    runs = collect_runs(run_dirs)
+    # miou, accuracy, iou/road per run; the null IoU of "pole" is no observation.
+    assert len(runs) == 8 * 3
+    assert set(runs["metric"]) == {"miou", "accuracy", "iou/road"}
+    row = runs[(runs["method"] == "also") & (runs["seed"] == 1) & (runs["label_fraction"] == 1.0)]
+    assert row.set_index("metric")["value"].to_dict() == {"miou": 0.62, "accuracy": 0.8, "iou/road": 0.9}
+    assert row["pretrain_fraction"].tolist() == [1.0] * 3
+    scratch = runs[runs["method"] == "scratch"]
+    assert scratch["pretrain_dataset"].isna().all() and scratch["pretrain_fraction"].isna().all()
+
+
+def test_malformed_or_missing_files_name_the_file(run_dirs):
+    broken = run_dirs[0] / "metrics.json"
+    broken.write_text("{not json")
+    with pytest.raises(ValueError, match=str(broken)):
+        collect_runs(run_dirs)
+    broken.write_text(json.dumps({"miou": "high"}))
+    with pytest.raises(ValueError, match="metrics.json.*'miou'"):
+        collect_runs(run_dirs)
+    broken.unlink()
+    with pytest.raises(ValueError, match=str(broken)):
+        collect_runs(run_dirs)
+    meta = run_dirs[1] / "run_meta.json"
+    meta.write_text(json.dumps({"run": {"task": "segmentation"}}))
+    with pytest.raises(ValueError, match=str(meta)):
+        collect_runs(run_dirs[1:])
+
+
+def test_summarise_mean_ci_and_delta(run_dirs):
+    summary = summarise(collect_runs(run_dirs))
+    miou = summary[summary["metric"] == "miou"].set_index(["method", "label_fraction"])
+    assert len(miou) == 4  # scratch rows survive their NaN pre-training keys
+    assert miou["n_seeds"].tolist() == [2, 2, 2, 2]
+    expected = {
+        # (mean, s / sqrt(2) = |a - b| / 2, delta to scratch)
+        ("scratch", 0.1): (0.32, 0.02, 0.0),
+        ("scratch", 1.0): (0.52, 0.02, 0.0),
+        ("also", 0.1): (0.42, 0.02, 0.10),
+        ("also", 1.0): (0.61, 0.01, 0.09),
+    }
+    for key, (mean, standard_error, delta) in expected.items():
+        row = miou.loc[key]
+        assert row["mean"] == pytest.approx(mean)
+        assert row["ci95"] == pytest.approx(T_DF1 * standard_error, rel=1e-6)
+        assert row["delta_scratch"] == pytest.approx(delta, abs=1e-12)
+    accuracy = summary[summary["metric"] == "accuracy"]
+    assert accuracy["ci95"].tolist() == pytest.approx([0.0] * 4)
+
+
+def test_delta_is_nan_without_scratch_and_duplicates_are_rejected(run_dirs):
+    runs = collect_runs(run_dirs)
+    summary = summarise(runs[runs["method"] == "also"])
+    assert summary["delta_scratch"].isna().all()
+    with pytest.raises(ValueError, match="twice"):
+        summarise(collect_runs(run_dirs + run_dirs[:1]))
+
+
+def test_dvc_metrics_numbers_only_and_dot_free_keys(run_dirs):
+    summary = summarise(collect_runs(run_dirs))
+    metrics = dvc_metrics(summary, {"segmentation": "miou"})
+    rows = metrics["segmentation"]["synthetic"]["small"]
+    assert set(rows) == {"scratch", "also@synthetic_pt_100pct"}
+    assert set(rows["scratch"]) == {"labels_10pct", "labels_100pct"}
+    cell = rows["also@synthetic_pt_100pct"]["labels_100pct"]
+    assert set(cell) == {"mean", "ci95", "delta_scratch"}
+    assert cell["mean"] == pytest.approx(0.61)
+    assert cell["ci95"] == pytest.approx(T_DF1 * 0.01, rel=1e-6)
+    assert cell["delta_scratch"] == pytest.approx(0.09)
+
+    def walk(node, path=()):
+        for key, value in node.items():
+            assert "." not in key, path + (key,)
+            if isinstance(value, dict):
+                yield from walk(value, path + (key,))
+            else:
+                yield value
+
+    values = list(walk(metrics))
+    assert len(values) == 4 * 3
+    assert all(type(value) is float for value in values)
+    json.dumps(metrics, allow_nan=False)
+
+
+def test_dvc_metrics_writes_single_seed_interval_as_null(tmp_path):
+    run_dir = write_run(tmp_path, "scratch", 0.1, 0, 0.3)
+    metrics = dvc_metrics(summarise(collect_runs([run_dir])), {"segmentation": "miou"})
+    assert metrics["segmentation"]["synthetic"]["small"]["scratch"]["labels_10pct"] == {
+        "mean": 0.3,
+        "ci95": None,
+        "delta_scratch": 0.0,
+    }
+    with pytest.raises(ValueError, match="main metric"):
+        dvc_metrics(summarise(collect_runs([run_dir])), {})
+
+
+@pytest.mark.parametrize(
+    ("fraction", "key"),
+    [(1.0, "100pct"), (0.1, "10pct"), (0.01, "1pct"), (0.001, "0p1pct"), (0.25, "25pct"), (0.005, "0p5pct")],
+)
+def test_fraction_key(fraction, key):
+    assert fraction_key(fraction) == key
+
+
+def test_fraction_key_rejects_non_fractions():
+    for bad in (0.0, 1.5, math.nan):
+        with pytest.raises(ValueError):
+            fraction_key(bad)

@@ -1,0 +1,49 @@
+import pandas as pd
+
+from occbench.report.aggregate import summarise
+from occbench.report.plots import plot_label_efficiency, plot_pretrain_scaling
+
+MAIN_METRICS = {"segmentation": "miou"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_summary(pretrain_fractions):
+    """Two seeds of scratch and of ALSO at each pre-training fraction, three label fractions."""
+    base = {"task": "segmentation", "backbone": "small", "finetune_dataset": "synthetic", "metric": "miou"}
+    scratch = {"method": "scratch", "pretrain_dataset": None, "pretrain_fraction": None}
+    rows = []
+    for label_fraction in (0.01, 0.1, 1.0):
+        for seed in (0, 1):
+            run = {**base, "label_fraction": label_fraction, "seed": seed}
+            rows.append({**run, **scratch, "value": 0.3 + 0.1 * label_fraction + 0.01 * seed})
+            for fraction in pretrain_fractions:
+                also = {"method": "also", "pretrain_dataset": "synthetic", "pretrain_fraction": fraction}
+                value = 0.35 + 0.1 * label_fraction + 0.05 * fraction + 0.02 * seed
+                rows.append({**run, **also, "value": value})
+    return summarise(pd.DataFrame(rows))
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    assert len(data) > 10_000  # axes, lines and labels, not an empty canvas
+
+
+def test_label_efficiency_plot(tmp_path):
+    paths = plot_label_efficiency(make_summary([0.5, 1.0]), MAIN_METRICS, tmp_path, method_order=["also"])
+    assert paths == [tmp_path / "label_efficiency_segmentation_synthetic_small.png"]
+    assert_png(paths[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [paths[0].name]  # no temp files left
+
+
+def test_pretrain_scaling_one_plot_per_label_fraction(tmp_path):
+    paths = plot_pretrain_scaling(make_summary([0.5, 1.0]), MAIN_METRICS, tmp_path)
+    stem = "pretrain_scaling_segmentation_synthetic_small_labels"
+    assert [path.name for path in paths] == [f"{stem}_{key}.png" for key in ("1pct", "10pct", "100pct")]
+    for path in paths:
+        assert_png(path)
+
+
+def test_pretrain_scaling_skipped_for_a_single_fraction(tmp_path):
+    assert plot_pretrain_scaling(make_summary([1.0]), MAIN_METRICS, tmp_path) == []
+    assert list(tmp_path.iterdir()) == []

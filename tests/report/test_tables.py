@@ -1,0 +1,116 @@
+import csv
+
+import pandas as pd
+import pytest
+
+from occbench.report.aggregate import summarise
+from occbench.report.tables import format_cell, latex_escape, write_tables
+
+MAIN_METRICS = {"segmentation": "miou"}
+# (method, label_fraction) -> mIoU per seed; "occ" has one seed and no 100 % run.
+MIOU = {
+    ("scratch", 0.1): [0.30, 0.34],
+    ("scratch", 1.0): [0.50, 0.54],
+    ("occ", 0.1): [0.30],
+    ("also", 0.1): [0.40, 0.44],
+    ("also", 1.0): [0.60, 0.62],
+}
+
+
+def make_summary(miou=MIOU):
+    rows = []
+    for (method, label_fraction), values in miou.items():
+        pretrained = method != "scratch"
+        for seed, value in enumerate(values):
+            rows.append(
+                {
+                    "task": "segmentation",
+                    "backbone": "small",
+                    "method": method,
+                    "pretrain_dataset": "synthetic" if pretrained else None,
+                    "pretrain_fraction": 1.0 if pretrained else None,
+                    "finetune_dataset": "synthetic",
+                    "label_fraction": label_fraction,
+                    "seed": seed,
+                    "metric": "miou",
+                    "value": value,
+                }
+            )
+    return summarise(pd.DataFrame(rows))
+
+
+@pytest.fixture
+def tables(tmp_path):
+    paths = write_tables(make_summary(), MAIN_METRICS, tmp_path, method_order=["also", "occ"])
+    return {path.suffix: path for path in paths}
+
+
+def test_file_names(tables, tmp_path):
+    assert sorted(tables.values()) == [
+        tmp_path / f"segmentation_synthetic_small.{suffix}" for suffix in ("csv", "md", "tex")
+    ]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left
+
+
+def test_markdown_cells_and_row_order(tables):
+    lines = tables[".md"].read_text().splitlines()
+    caption = lines[0]
+    for phrase in ("mIoU", "segmentation", "synthetic", "small", "1–2 seeds", "95 % t-interval"):
+        assert phrase in caption
+    assert lines[2:] == [
+        "| Method | 10 % | 100 % |",
+        "|:---|---:|---:|",
+        "| scratch | 32.0 ± 25.4 | 52.0 ± 25.4 |",
+        "| also (synthetic, 100 %) | 42.0 ± 25.4 (+10.0) | 61.0 ± 12.7 (+9.0) |",
+        "| occ (synthetic, 100 %) | 30.0 (-2.0) | – |",
+    ]
+
+
+def test_latex_is_booktabs_and_escaped(tables):
+    text = tables[".tex"].read_text()
+    assert r"\begin{tabular}{lrr}" in text
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
+        assert text.count(rule) == 1
+    assert r"    Method & 10 \% & 100 \% \\" in text
+    assert r"    also (synthetic, 100 \%) & 42.0 $\pm$ 25.4 (+10.0) & 61.0 $\pm$ 12.7 (+9.0) \\" in text
+    assert r"    occ (synthetic, 100 \%) & 30.0 (-2.0) & -- \\" in text
+    assert r"\caption{mIoU (\%) for segmentation" in text
+    assert r"\label{tab:segmentation_synthetic_small}" in text
+    assert "±" not in text and " % " not in text
+
+
+def test_csv_holds_raw_numbers(tables):
+    with tables[".csv"].open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["method"], float(row["label_fraction"])) for row in rows] == [
+        ("scratch", 0.1),
+        ("scratch", 1.0),
+        ("also", 0.1),
+        ("also", 1.0),
+        ("occ", 0.1),
+    ]
+    also_full = rows[3]
+    assert float(also_full["mean"]) == pytest.approx(0.61)
+    assert float(also_full["ci95"]) == pytest.approx(12.706205 * 0.01, rel=1e-6)
+    assert float(also_full["delta_scratch"]) == pytest.approx(0.09)
+    assert int(also_full["n_seeds"]) == 2
+    assert also_full["pretrain_fraction"] == "1.0"
+    assert rows[0]["pretrain_dataset"] == "" and rows[4]["ci95"] == ""
+
+
+def test_cell_format_edge_cases():
+    record = {"method": "also", "mean": 0.4123, "ci95": 0.0131, "delta_scratch": -0.0004}
+    assert format_cell(record) == "41.2 ± 1.3 (+0.0)"  # a rounded -0.0 reads as +0.0
+    assert format_cell({**record, "delta_scratch": float("nan")}) == "41.2 ± 1.3"
+    assert format_cell({**record, "method": "scratch", "delta_scratch": 0.0}) == "41.2 ± 1.3"
+    assert latex_escape("a_b & 5 % #1 {x}") == r"a\_b \& 5 \% \#1 \{x\}"
+
+
+def test_one_table_per_dataset_and_backbone(tmp_path):
+    summary = make_summary()
+    other = summary.assign(backbone="base")
+    paths = write_tables(pd.concat([summary, other]), MAIN_METRICS, tmp_path)
+    assert sorted(path.name for path in paths if path.suffix == ".md") == [
+        "segmentation_synthetic_base.md",
+        "segmentation_synthetic_small.md",
+    ]

@@ -1,0 +1,38 @@
+"""The smoke grid (params.yaml + .test/params.yaml) and a tiny converted dataset for tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from occbench.cli import main
+from occbench.config import load_params
+from occbench.workflow.grid import Grid, fraction_tag
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE_FILES = (ROOT / "params.yaml", ROOT / ".test" / "params.yaml")
+SMOKE_ARGS = [arg for path in SMOKE_FILES for arg in ("--params", str(path))]
+
+
+def smoke_params() -> dict:
+    return load_params(*SMOKE_FILES)
+
+
+def occbench(*args: str) -> int:
+    """Run an occbench verb on the smoke grid, as a rule would."""
+    return main([*SMOKE_ARGS, *args])
+
+
+def make_dataset(workdir: Path) -> None:
+    """Convert the smoke grid's datasets and write its split files under ``workdir``/results."""
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        grid = Grid(smoke_params())
+        for name in grid.datasets:
+            assert occbench("convert", "--dataset", name) == 0
+        for dataset, subset, fraction in grid.splits:
+            assert occbench("split", "--dataset", dataset, "--subset", subset,
+                            "--fraction", fraction_tag(fraction)) == 0
+    finally:
+        os.chdir(cwd)

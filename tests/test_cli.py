@@ -1,0 +1,28 @@
+import pytest
+
+from occbench.cli import main
+from smoke import SMOKE_ARGS
+
+
+def test_validate_counts_the_smoke_grid(capsys):
+    assert main([*SMOKE_ARGS, "validate"]) == 0
+    assert "1 pre-training and 8 fine-tuning runs" in capsys.readouterr().out
+
+
+def test_bad_params_exit_2_naming_file_and_key(tmp_path, capsys):
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text("grid:\n  methods: [scratch, byol]\n")
+    assert main([*SMOKE_ARGS, "--params", str(overlay), "validate"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "grid.methods[1]: 'byol' is not one of ['scratch', 'also']" in err
+
+
+def test_missing_dataset_index_is_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([*SMOKE_ARGS, "split", "--dataset", "synthetic", "--subset", "labels", "--fraction", "0.5"]) == 2
+    assert "results/data/synthetic/index.json" in capsys.readouterr().err
+
+
+def test_unknown_verb_is_an_argparse_error():
+    with pytest.raises(SystemExit):
+        main(["frobnicate"])

@@ -1,0 +1,71 @@
+import copy
+
+import pytest
+import yaml
+
+from occbench.config import ParamsError, load_params, merge, validate_params
+from smoke import ROOT, SMOKE_FILES, smoke_params
+
+
+@pytest.fixture
+def params():
+    return copy.deepcopy(smoke_params())
+
+
+def test_shipped_params_are_valid():
+    load_params(ROOT / "params.yaml")
+    load_params(*SMOKE_FILES)
+
+
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (lambda p: p["grid"].update(metods=["also"]), "grid: Additional properties are not allowed ('metods'"),
+        (lambda p: p["grid"].update(methods=["also", "byol"]), "grid.methods[1]: 'byol' is not one of"),
+        (lambda p: p["grid"].update(label_fractions=[0.1, 1.5]), "grid.label_fractions[1]: 1.5 is greater than"),
+        (lambda p: p["grid"].update(seeds=[]), "grid.seeds: [] should be non-empty"),
+        (lambda p: p["grid"].update(seeds=[0, 0]), "grid.seeds: [0, 0] has non-unique elements"),
+        (lambda p: p["datasets"]["synthetic"]["sensor"].update(beams="32"), "datasets.synthetic.sensor.beams: '32' is not of type"),
+        (lambda p: p["pretrain"]["methods"]["also"].pop("radius"), "pretrain.methods.also: 'radius' is a required property"),
+        (lambda p: p["grid"]["transfers"].append({"pretrain": "waymo", "finetune": "synthetic"}),
+         "grid.transfers[1].pretrain: dataset 'waymo' is not defined under datasets"),
+        (lambda p: p["grid"].update(backbones=["huge"]), "grid.backbones[0]: 'huge' is not defined under backbones"),
+        (lambda p: p["datasets"]["synthetic"]["sensor"].update(fov_up_deg=-40.0), "datasets.synthetic.sensor: fov_up_deg must exceed fov_down_deg"),
+        (lambda p: p["finetune"]["segmentation"].update(epochs=[{"up_to_label_fraction": 0.1, "epochs": 3}]),
+         "finetune.segmentation.epochs: no entry covers the largest label fraction 1.0"),
+    ],
+)
+def test_bad_grid_is_rejected_naming_the_key(params, edit, named):
+    edit(params)
+    with pytest.raises(ParamsError) as error:
+        validate_params(params, "my.yaml")
+    assert f"my.yaml: {named}" in str(error.value)
+
+
+def test_overlay_merges_mappings_and_replaces_lists():
+    base = {"grid": {"seeds": [0, 1, 2], "tasks": ["segmentation"]}, "pretrain": {"lr": 1.0, "epochs": 3}}
+    overlay = {"grid": {"seeds": [7]}, "pretrain": {"epochs": 1}}
+    assert merge(base, overlay) == {"grid": {"seeds": [7], "tasks": ["segmentation"]},
+                                    "pretrain": {"lr": 1.0, "epochs": 1}}
+    assert base["grid"]["seeds"] == [0, 1, 2]  # inputs untouched
+
+
+def test_unreadable_params_file_is_named(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("grid: [unclosed\n")
+    with pytest.raises(ParamsError, match=f"{bad}: not valid YAML"):
+        load_params(bad)
+    with pytest.raises(ParamsError, match="missing.yaml: file not found"):
+        load_params(tmp_path / "missing.yaml")
+
+
+def test_snakemake_validates_with_the_same_schema(params):
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    schema = str(ROOT / "workflow" / "schemas" / "params.schema.yaml")
+    validate(copy.deepcopy(params), schema)
+    params["grid"]["methods"] = ["nope"]
+    with pytest.raises(WorkflowError, match="nope"):
+        validate(params, schema)
+    assert yaml.safe_load((ROOT / "workflow/schemas/params.schema.yaml").read_text())["additionalProperties"] is False

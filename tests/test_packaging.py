@@ -1,0 +1,14 @@
+import tomllib
+
+import yaml
+
+from smoke import ROOT
+
+
+def test_environment_yml_pins_what_pyproject_requires():
+    requirements = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    environment = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
+    assert [r for r in pip_section if r != "-e ."] == requirements
+    assert "-e ." in pip_section and "python=3.11" in environment["dependencies"]
+    assert "torch==2.13.0" in requirements  # the CPU wheel, not the CUDA download

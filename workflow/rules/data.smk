@@ -1,0 +1,37 @@
+# Data conversion and the nested fraction index files.
+
+
+rule convert:
+    output:
+        index=PATTERNS["index"],
+    log:
+        "results/logs/convert/{dataset}.log",
+    benchmark:
+        "results/benchmarks/convert/{dataset}.tsv"
+    params:
+        occbench=OCCBENCH,
+        hparams=lambda w: hparams_digest(config["datasets"], w.dataset),
+    threads: 2
+    conda:
+        ENV
+    shell:
+        "{params.occbench} convert --dataset {wildcards.dataset} --workers {threads} > {log} 2>&1"
+
+
+rule split:
+    input:
+        index=PATTERNS["index"],
+    output:
+        PATTERNS["split"],
+    log:
+        "results/logs/split/{dataset}_{subset}_{fraction}.log",
+    benchmark:
+        "results/benchmarks/split/{dataset}_{subset}_{fraction}.tsv"
+    params:
+        occbench=OCCBENCH,
+        hparams=lambda w: hparams_digest(config, "splits"),
+    conda:
+        ENV
+    shell:
+        "{params.occbench} split --dataset {wildcards.dataset} --subset {wildcards.subset}"
+        " --fraction {wildcards.fraction} > {log} 2>&1"

@@ -1,0 +1,26 @@
+# One fine-tuning job per (task, backbone, dataset, source, label fraction, seed).
+
+
+rule finetune:
+    input:
+        index=PATTERNS["index"],
+        split=expand(PATTERNS["split"], subset="labels", allow_missing=True),
+        checkpoint=pretrained_checkpoint,
+    output:
+        metrics=PATTERNS["metrics"],
+    log:
+        "results/logs/finetune/{task}_{dataset}_{backbone}_{source}_{fraction}_{seed}.log",
+    benchmark:
+        "results/benchmarks/finetune/{task}_{dataset}_{backbone}_{source}_{fraction}_{seed}.tsv"
+    params:
+        occbench=OCCBENCH,
+        hparams=lambda w: hparams_digest(config, "finetune", "voxelization", "backbones"),
+    threads: config["execution"]["threads"]
+    resources:
+        gpu=1,
+    conda:
+        ENV
+    shell:
+        "{params.occbench} finetune --task {wildcards.task} --backbone {wildcards.backbone}"
+        " --dataset {wildcards.dataset} --source {wildcards.source}"
+        " --label-fraction {wildcards.fraction} --seed {wildcards.seed} > {log} 2>&1"

@@ -1,0 +1,24 @@
+# One pre-training job per (backbone, dataset, method, pre-training fraction); scratch has none.
+
+
+rule pretrain:
+    input:
+        index=PATTERNS["index"],
+        split=expand(PATTERNS["split"], subset="pretrain", allow_missing=True),
+    output:
+        checkpoint=PATTERNS["checkpoint"],
+    log:
+        "results/logs/pretrain/{backbone}_{dataset}_{method}_{fraction}.log",
+    benchmark:
+        "results/benchmarks/pretrain/{backbone}_{dataset}_{method}_{fraction}.tsv"
+    params:
+        occbench=OCCBENCH,
+        hparams=lambda w: hparams_digest(config, "pretrain", "voxelization", "backbones"),
+    threads: config["execution"]["threads"]
+    resources:
+        gpu=1,
+    conda:
+        ENV
+    shell:
+        "{params.occbench} pretrain --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
+        " --method {wildcards.method} --fraction {wildcards.fraction} > {log} 2>&1"

@@ -1,0 +1,38 @@
+# Aggregation over seeds into reports/: tables, plots and the DVC metrics file.
+
+
+rule aggregate:
+    input:
+        [str(run.metrics) for run in GRID.finetune_runs],
+    output:
+        metrics="reports/metrics.json",
+        summary="reports/summary.csv",
+        runs="reports/runs.csv",
+    log:
+        "results/logs/aggregate.log",
+    benchmark:
+        "results/benchmarks/aggregate.tsv"
+    params:
+        occbench=OCCBENCH,
+    conda:
+        ENV
+    shell:
+        "{params.occbench} aggregate --out reports > {log} 2>&1"
+
+
+rule report:
+    input:
+        summary="reports/summary.csv",
+    output:
+        tables=directory("reports/tables"),
+        figures=directory("reports/figures"),
+    log:
+        "results/logs/report.log",
+    benchmark:
+        "results/benchmarks/report.tsv"
+    params:
+        occbench=OCCBENCH,
+    conda:
+        ENV
+    shell:
+        "{params.occbench} report --out reports > {log} 2>&1"
