@@ -5,16 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import slurm_cluster as local_slurm  # tests/ is on sys.path through pytest's `pythonpath`
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # --import-mode=importlib leaves tests/ off sys.path
-import slurm_cluster as local_slurm  # noqa: E402
 
 pytest_plugins = ["model_fixtures"]
 

@@ -59,32 +59,28 @@ def voxelize(points: list[torch.Tensor], intensity: list[torch.Tensor], grid: Vo
     device = points[0].device
     lower, size = grid.lower.to(device), grid.size.to(device)
     dims = torch.tensor(grid.shape_xyz, device=device)
-    all_keys, all_feats, point_voxel_local = [], [], []
+    all_keys, all_feats, in_range = [], [], []
     for batch_index, (xyz, inten) in enumerate(zip(points, intensity)):
         coords = torch.floor((xyz - lower) / size).long()
         inside = ((coords >= 0) & (coords < dims)).all(dim=1)
         x, y, z = coords[inside].unbind(1)
-        key = ((batch_index * dims[2] + z) * dims[1] + y) * dims[0] + x
-        all_keys.append(key)
+        all_keys.append(((batch_index * dims[2] + z) * dims[1] + y) * dims[0] + x)
         all_feats.append(torch.cat([xyz[inside], inten[inside, None]], dim=1))
-        local = torch.full((xyz.shape[0],), -1, dtype=torch.long, device=device)
-        point_voxel_local.append((inside, local))
-    keys = torch.cat(all_keys)
-    unique_keys, inverse = torch.unique(keys, sorted=True, return_inverse=True)
+        in_range.append(inside)
+    unique_keys, inverse = torch.unique(torch.cat(all_keys), sorted=True, return_inverse=True)
     feats = torch.cat(all_feats)
     sums = torch.zeros(unique_keys.shape[0], feats.shape[1], device=device).index_add_(0, inverse, feats)
-    counts = torch.zeros(unique_keys.shape[0], device=device).index_add_(0, inverse, torch.ones_like(inverse, dtype=torch.float32))
+    counts = torch.zeros(unique_keys.shape[0], device=device).index_add_(0, inverse, torch.ones_like(feats[:, 0]))
     x = unique_keys % dims[0]
     y = (unique_keys // dims[0]) % dims[1]
     z = (unique_keys // (dims[0] * dims[1])) % dims[2]
     b = unique_keys // (dims[0] * dims[1] * dims[2])
     indices = torch.stack([b, z, y, x], dim=1).int()
-    point_voxel, offset = [], 0
-    for inside, local in point_voxel_local:
-        count = int(inside.sum())
-        local[inside] = inverse[offset:offset + count]
-        offset += count
-        point_voxel.append(local)
+    point_voxel = []
+    for inside, rows in zip(in_range, inverse.split([int(m.sum()) for m in in_range])):
+        voxel_of_point = torch.full(inside.shape, -1, dtype=torch.long, device=device)
+        voxel_of_point[inside] = rows
+        point_voxel.append(voxel_of_point)
     return VoxelBatch(sums / counts[:, None], indices, point_voxel, len(points))
 
 
