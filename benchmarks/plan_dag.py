@@ -41,12 +41,12 @@ def main() -> None:
         (Path(tmp) / "paper.yaml").write_text(yaml.safe_dump(overlay))
         snakemake = Path(sys.executable).parent / "snakemake"
         started = time.perf_counter()
-        out = subprocess.run([str(snakemake), "-n", "-q", "--cores", "1", "--configfile", "paper.yaml"],
+        out = subprocess.run([str(snakemake), "-n", "--cores", "1", "--configfile", "paper.yaml"],
                              cwd=tmp, capture_output=True, text=True, check=True)
         seconds = time.perf_counter() - started
-    total = re.search(r"^total\s+(\d+)", out.stdout, re.MULTILINE)
-    print(out.stdout[out.stdout.index("Job stats:"):].strip())
-    print(f"snakemake -n planned {total.group(1)} jobs in {seconds:.1f} s (wall, including start-up)")
+    stats = re.search(r"^Job stats:\n(.*?)^total\s+(\d+)", out.stdout, re.MULTILINE | re.DOTALL)
+    print(f"Job stats:\n{stats.group(1)}total {stats.group(2)}")
+    print(f"snakemake -n planned {stats.group(2)} jobs in {seconds:.1f} s (wall, including start-up)")
 
 
 if __name__ == "__main__":
