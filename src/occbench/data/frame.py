@@ -75,7 +75,7 @@ class Frame:
     def num_points(self) -> int:
         return int(self.points.shape[0])
 
-    def validate(self, source: str = "frame") -> None:
+    def validate(self) -> None:
         n = self.points.shape[0]
         problems = []
         if self.points.ndim != 2 or self.points.shape[1] != 3:
@@ -95,7 +95,7 @@ class Frame:
         if n and not np.isfinite(self.points).all():
             problems.append("points holds NaN or infinite values")
         if problems:
-            raise FrameFormatError(f"{source}: " + "; ".join(problems))
+            raise FrameFormatError("; ".join(problems))
 
 
 def save_frame(frame: Frame, path: str | os.PathLike) -> None:
