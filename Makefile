@@ -8,7 +8,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROFILE ?= workflow/profiles/local
 
-.PHONY: run test system-deps dry-run clean
+WAYMO_VENV := .venv-waymo
+
+.PHONY: run test system-deps dry-run clean waymo-env
 
 $(BIN)/occbench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +18,10 @@ $(BIN)/occbench: pyproject.toml
 	# torch first, pinned: the CPU wheel, not several GB of CUDA packages
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
+	# nuscenes-devkit declares numpy<2, which the rest of the stack cannot take; it works
+	# with numpy 2 (tests/data/test_nuscenes.py), so it comes without its declared deps
+	# (pyproject.toml lists what it imports).
+	$(BIN)/pip install --quiet --no-deps nuscenes-devkit==1.2.0
 	touch $@
 
 run: $(BIN)/occbench
@@ -25,6 +31,17 @@ run: $(BIN)/occbench
 
 dry-run: $(BIN)/occbench
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile $(PROFILE) -n
+
+# Waymo's official tools pin TensorFlow 2.13 and numpy 1.23: their own venv, with the
+# packages of workflow/envs/waymo.yml (Snakemake's per-rule conda env for the same job).
+waymo-env: $(WAYMO_VENV)/bin/python
+
+$(WAYMO_VENV)/bin/python: workflow/envs/waymo.yml $(BIN)/occbench
+	$(PYTHON) -m venv $(WAYMO_VENV)
+	$(WAYMO_VENV)/bin/pip install --quiet $$($(BIN)/python -c "import yaml; \
+		env = yaml.safe_load(open('workflow/envs/waymo.yml')); \
+		print(' '.join(p for d in env['dependencies'] if isinstance(d, dict) for p in d['pip']))")
+	touch $@
 
 # The SLURM tests start a real one-node cluster from Debian's packages (root needed).
 system-deps:

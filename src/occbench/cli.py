@@ -30,7 +30,9 @@ def _split(args, params) -> None:
     from occbench.workflow.grid import index_path, split_path
 
     index = FrameIndex(index_path(args.dataset))
-    subset = nested_subset(index.ids("train"), args.fraction, params["splits"]["seed"])
+    splits = params["splits"]
+    sampling = splits["pretrain_sampling" if args.subset == "pretrain" else "label_sampling"]
+    subset = nested_subset(index.scenes("train"), args.fraction, splits["seed"], sampling)
     write_split(split_path(args.dataset, args.subset, args.fraction), subset)
 
 

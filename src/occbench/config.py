@@ -7,13 +7,18 @@ file looks like; the Snakefile validates ``config`` against the same file.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonschema
 import yaml
+
+from occbench.data.splits import check_nesting
+
+T = TypeVar("T")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = Path(
@@ -69,11 +74,19 @@ def check_consistency(params: dict[str, Any], source: str = "params.yaml") -> No
         if backbone not in params["backbones"]:
             problems.append(f"grid.backbones[{index}]: {backbone!r} is not defined under backbones")
     for name, dataset in params["datasets"].items():
-        sensor = dataset.get("sensor")
-        if sensor and sensor["fov_up_deg"] <= sensor["fov_down_deg"]:
-            problems.append(f"datasets.{name}.sensor: fov_up_deg must exceed fov_down_deg")
-        if sensor and sensor["max_range"] <= sensor["min_range"]:
-            problems.append(f"datasets.{name}.sensor: max_range must exceed min_range")
+        if dataset["kind"] == "synthetic":
+            from occbench.data.synthetic import SensorProfile  # a profile's values live in code
+
+            try:
+                SensorProfile.from_dict(dataset["sensor"])
+            except ValueError as err:
+                problems.append(f"datasets.{name}.sensor: {err}")
+    for key, fractions in (("pretrain_sampling", grid["pretrain_fractions"]),
+                           ("label_sampling", grid["label_fractions"])):
+        try:
+            check_nesting(fractions, params["splits"][key])
+        except ValueError as err:
+            problems.append(f"splits.{key}: {err}")
     low, high = params["voxelization"]["point_cloud_range"][:3], params["voxelization"]["point_cloud_range"][3:]
     if any(lo >= hi for lo, hi in zip(low, high)):
         problems.append("voxelization.point_cloud_range: each minimum must be below its maximum")
@@ -109,6 +122,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping of parameters at the top level")
     return data
+
+
+def from_settings(cls: type[T], settings: dict[str, Any], what: str) -> T:
+    """Build the dataclass ``cls`` from a params.yaml mapping, naming any key it does not know."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(settings) - set(names))
+    if unknown:
+        raise ValueError(f"{what} settings: unknown key(s) {unknown}; known: {names}")
+    return cls(**settings)
 
 
 def load_params(*paths: str | os.PathLike) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""What every training job shares: seeding, resumable epochs, progress bars."""
+"""What every training job shares: seeding, epoch order, resumable epochs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from occbench.io import atomic_path
 
@@ -28,12 +27,6 @@ def epoch_order(items: list[str], seed: int, epoch: int) -> list[str]:
     """Frame order of one epoch: a function of (seed, epoch) alone, so resuming keeps it."""
     order = np.random.default_rng([seed, epoch]).permutation(len(items))
     return [items[i] for i in order]
-
-
-def progress(iterable, **kwargs):
-    """A tqdm bar; in logs (no terminal) it updates rarely instead of flooding the file."""
-    interactive = sys.stderr.isatty()
-    return tqdm(iterable, mininterval=0.1 if interactive else 30.0, dynamic_ncols=interactive, **kwargs)
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:

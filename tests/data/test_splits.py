@@ -1,33 +1,75 @@
 import pytest
 
-from occbench.data.splits import nested_subset, read_split, write_split
+from occbench.data.splits import (
+    check_nesting,
+    nested_subset,
+    read_split,
+    sampling_stride,
+    subset_size,
+    write_split,
+)
 
-IDS = [f"{i:06d}" for i in range(200)]
+# 20 scenes of 10 frames; ids sort in temporal order within a scene.
+SCENES = {f"{s:04d}_{f:03d}": f"{s:04d}" for s in range(20) for f in range(10)}
+IDS = sorted(SCENES)
 
 
-def test_fractions_are_nested_and_sized():
-    sizes = {}
+@pytest.mark.parametrize("sampling", ["frames", "interval", "scenes"])
+def test_fractions_are_nested_and_sized(sampling):
     previous: set[str] = set()
-    for fraction in (0.01, 0.1, 0.5, 1.0):
-        subset = nested_subset(IDS, fraction, seed=3)
+    sizes = {}
+    for fraction in (1.0, 0.1, 0.01) if sampling == "interval" else (1.0, 0.5, 0.1):
+        subset = nested_subset(SCENES, fraction, seed=3, sampling=sampling)
         assert len(subset) == len(set(subset))
-        assert previous <= set(subset)
+        assert not previous or set(subset) <= previous
         previous = set(subset)
         sizes[fraction] = len(subset)
-    assert sizes == {0.01: 2, 0.1: 20, 0.5: 100, 1.0: 200}
+    expected = {
+        "frames": {1.0: 200, 0.5: 100, 0.1: 20},
+        "interval": {1.0: 200, 0.1: 20, 0.01: 2},
+        "scenes": {1.0: 200, 0.5: 100, 0.1: 20},
+    }
+    assert sizes == expected[sampling]
+
+
+def test_interval_keeps_every_kth_frame_and_scenes_keep_whole_scenes():
+    assert nested_subset(SCENES, 0.1, 0, "interval") == IDS[::10]
+    kept = nested_subset(SCENES, 0.25, 0, "scenes")
+    kept_scenes = {SCENES[frame_id] for frame_id in kept}
+    assert kept_scenes == {"0000", "0004", "0008", "0012", "0016"}
+    assert len(kept) == 10 * len(kept_scenes)  # every frame of a kept scene
 
 
 def test_subset_depends_on_split_seed_only_not_on_order_of_ids():
-    assert nested_subset(IDS, 0.1, seed=3) == nested_subset(list(reversed(IDS)), 0.1, seed=3)
-    assert nested_subset(IDS, 0.1, seed=3) != nested_subset(IDS, 0.1, seed=4)
+    reordered = dict(reversed(list(SCENES.items())))
+    assert nested_subset(SCENES, 0.1, seed=3) == nested_subset(reordered, 0.1, seed=3)
+    assert nested_subset(SCENES, 0.1, seed=3) != nested_subset(SCENES, 0.1, seed=4)
+    assert nested_subset(SCENES, 0.1, 3, "scenes") == nested_subset(SCENES, 0.1, 4, "scenes")
+
+
+def test_strides_must_be_whole_and_nest():
+    assert sampling_stride(0.2) == 5 and sampling_stride(1 / 3) == 3
+    with pytest.raises(ValueError, match="0.3 is not 1/k"):
+        sampling_stride(0.3)
+    check_nesting([0.01, 0.1, 1.0], "interval")
+    check_nesting([0.3, 0.7], "frames")  # random subsets always nest
+    with pytest.raises(ValueError, match="strides 2 and 5"):
+        check_nesting([0.5, 0.2], "scenes")
+
+
+def test_subset_size_keeps_at_least_one_frame():
+    assert subset_size(0.001, 36) == 1
+    assert subset_size(0.1, 36) == 4
+    assert subset_size(1.0, 36) == 36
+    assert subset_size(0.3, 10) == 3  # no float creep to 4
 
 
 def test_split_files_round_trip_and_bad_files_are_named(tmp_path):
     path = tmp_path / "labels_0.1.txt"
-    write_split(path, ["000001", "000007"])
-    assert read_split(path, set(IDS)) == ["000001", "000007"]
+    write_split(path, ["0000_001", "0000_007"])
+    assert read_split(path, set(IDS)) == ["0000_001", "0000_007"]
+    write_split(path, ["0000_001", "9999_999"])
     with pytest.raises(ValueError, match=f"{path}: 1 frame id"):
-        write_split(path, ["000001", "999999"])
         read_split(path, set(IDS))
     path.write_text("\n")
     with pytest.raises(ValueError, match=f"{path}: split file lists no frames"):

@@ -1,58 +1,81 @@
-from dataclasses import fields, replace
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 import pytest
-import yaml
 
 from occbench.data.frame import _REQUIRED_DTYPES
 from occbench.data.raycast import INTERSECTORS, trace
 from occbench.data.synthetic import (
     SceneConfig,
     SensorProfile,
+    SequenceConfig,
+    StreetLayout,
     beam_directions,
     build_scene,
     generate_frame,
 )
-from occbench.data.taxonomy import CLASS_ID, NUM_CLASSES, THING_CLASSES
+from occbench.data.taxonomy import CLASS_ID, CLASSES, NUM_CLASSES, THING_CLASSES
 
-PARAMS = yaml.safe_load((Path(__file__).parents[2] / "params.yaml").read_text())
-SYNTHETIC = PARAMS["datasets"]["synthetic"]
-SCENE = SceneConfig.from_dict(SYNTHETIC["scene"])
+SCENE = SceneConfig(extent=50.0, num_buildings=10, num_trees=14, num_poles=10, num_cars=10,
+                    num_pedestrians=6, num_cyclists=3, num_trucks=3, num_barriers=6)
+SEQUENCE = SequenceConfig(frames_per_scene=10, frame_interval=0.5, ego_max_speed=12.0,
+                          moving_fraction=0.5)
 # Most tests use a coarse sensor to stay fast; the geometry is the same.
-SENSOR = replace(
-    SensorProfile.from_dict(SYNTHETIC["sensor"]),
-    beams=16, azimuth_step_deg=1.0, name="synthetic-16",
-)
-GROUND = [CLASS_ID[name] for name in ("road", "sidewalk", "terrain")]
+SENSOR = SensorProfile.from_dict({"profile": "nuscenes32", "beams": 16, "azimuth_step_deg": 1.0})
+GROUND = [CLASS_ID[name] for name in ("road", "sidewalk", "other_ground", "terrain")]
+
+
+def frame(scene_index: int, index: int = 0, sensor: SensorProfile = SENSOR, scene=SCENE, seed: int = 0):
+    return generate_frame(seed, scene_index, index, sensor, scene, SEQUENCE)
 
 
 @pytest.fixture(scope="module")
 def frames():
-    return [generate_frame(0, index, SENSOR, SCENE) for index in range(4)]
+    return [frame(scene, index) for scene in range(3) for index in (0, 9)]
 
 
-def test_configs_take_exactly_the_params_yaml_keys():
-    assert {f.name for f in fields(SensorProfile)} - {"name"} == set(SYNTHETIC["sensor"])
-    assert {f.name for f in fields(SceneConfig)} == set(SYNTHETIC["scene"])
-    with pytest.raises(ValueError):
+def in_box_frame(points: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """``points`` in the box's own axes, relative to its centre."""
+    cos, sin = np.cos(box[6]), np.sin(box[6])
+    offset = points - box[:3]
+    return np.stack([cos * offset[:, 0] + sin * offset[:, 1],
+                     -sin * offset[:, 0] + cos * offset[:, 1], offset[:, 2]], 1)
+
+
+def test_configs_check_their_values_and_keys():
+    with pytest.raises(ValueError, match="dropout"):
         replace(SENSOR, dropout=1.0)
-    with pytest.raises(ValueError):
-        replace(SCENE, num_cars=-1)
+    with pytest.raises(ValueError, match="non-negative"):
+        replace(SCENE, num_trucks=-1)
+    with pytest.raises(ValueError, match="num_buses"):
+        SceneConfig.from_dict({**vars(SCENE), "num_buses": 2})
+    with pytest.raises(ValueError, match="frames_per_scene"):
+        replace(SEQUENCE, frames_per_scene=0)
+    with pytest.raises(ValueError, match="moving_fraction"):
+        replace(SEQUENCE, moving_fraction=1.5)
+    # Scene settings written before trucks and barriers existed still build a full street.
+    old = {key: value for key, value in vars(SCENE).items() if key not in ("num_trucks", "num_barriers")}
+    assert SceneConfig.from_dict(old).num_trucks > 0 and SceneConfig.from_dict(old).num_barriers > 0
+    with pytest.raises(ValueError, match="frame 10 of a scene of 10"):
+        frame(0, 10)
 
 
-def test_same_seed_and_index_give_identical_frames(frames):
-    again = generate_frame(0, 0, SENSOR, SCENE)
+def test_same_arguments_give_identical_frames(frames):
+    again = frame(0, 0)
     for name in _REQUIRED_DTYPES:
         assert getattr(again, name).tobytes() == getattr(frames[0], name).tobytes(), name
+    assert again.extras.keys() == frames[0].extras.keys() == {"box_velocity", "box_track_id"}
+    for name, value in again.extras.items():
+        assert value.tobytes() == frames[0].extras[name].tobytes(), name
     assert again.meta == frames[0].meta == {
-        "dataset": "synthetic", "sequence": "0", "index": 0, "sensor": "synthetic-16"
+        "dataset": "synthetic", "sequence": "0000", "index": 0, "sensor": "nuscenes32", "timestamp": 0.0,
+        "num_beams": 16,
     }
+    assert frames[1].meta["index"] == 9 and frames[1].meta["timestamp"] == 4.5
 
 
-def test_different_index_or_seed_give_different_points(frames):
-    other_seed = generate_frame(1, 0, SENSOR, SCENE)
-    for other in (frames[1], other_seed):
+def test_different_scene_or_seed_give_different_points(frames):
+    for other in (frames[2], frame(0, 0, seed=1)):
         assert other.points.shape != frames[0].points.shape or not np.array_equal(
             other.points, frames[0].points
         )
@@ -60,68 +83,64 @@ def test_different_index_or_seed_give_different_points(frames):
 
 def test_every_class_appears_and_ground_dominates_near_the_sensor(frames):
     counts = sum(np.bincount(f.semantic, minlength=NUM_CLASSES) for f in frames)
-    assert (counts > 0).all(), counts
-    for frame in frames:
-        near = np.hypot(frame.points[:, 0], frame.points[:, 1]) < 10
-        assert np.isin(frame.semantic[near], GROUND).mean() > 0.6
+    assert (counts > 0).all(), dict(zip(CLASSES, counts))
+    for f in frames:
+        near = np.hypot(f.points[:, 0], f.points[:, 1]) < 10
+        assert np.isin(f.semantic[near], GROUND).mean() > 0.5
 
 
 def test_rings_lie_on_their_beams_and_ranges_within_limits(frames):
-    nominal = np.linspace(SENSOR.fov_down_deg, SENSOR.fov_up_deg, SENSOR.beams)
-    for frame in frames:
-        assert frame.ring.min() >= 0 and frame.ring.max() < SENSOR.beams
-        x, y, z = frame.points.T
+    nominal = np.degrees(SENSOR.elevations())
+    for f in frames:
+        assert f.ring.min() >= 0 and f.ring.max() < SENSOR.beams
+        x, y, z = f.points.T
         elevation = np.degrees(np.arctan2(z, np.hypot(x, y)))
         # Noise moves points along their ray, so the elevation stays the beam's.
-        np.testing.assert_allclose(elevation, nominal[frame.ring], atol=0.01)
-        distance = np.linalg.norm(frame.points, axis=1)
+        np.testing.assert_allclose(elevation, nominal[f.ring], atol=0.01)
+        distance = np.linalg.norm(f.points, axis=1)
         assert distance.min() >= SENSOR.min_range - 1e-3
         assert distance.max() <= SENSOR.max_range + 1e-3
 
 
 def test_ground_points_lie_on_the_ground(frames):
-    for frame in frames:
-        on_ground = np.isin(frame.semantic, GROUND)
+    for f in frames:
+        on_ground = np.isin(f.semantic, GROUND)
         # Range noise along a slanted ray moves a point a little in z too.
-        np.testing.assert_allclose(frame.points[on_ground, 2], -SENSOR.height, atol=0.1)
+        np.testing.assert_allclose(f.points[on_ground, 2], -SENSOR.height, atol=0.15)
+        world_z = f.points[on_ground] @ f.pose[2, :3] + f.pose[2, 3]
+        np.testing.assert_allclose(world_z, 0.0, atol=0.15)
 
 
 def test_instances_lie_in_their_boxes_and_share_their_labels(frames):
-    for frame in frames:
-        things = np.isin(frame.semantic, [CLASS_ID[name] for name in THING_CLASSES])
-        assert ((frame.instance > 0) == things).all()
+    things = [CLASS_ID[name] for name in THING_CLASSES]
+    for f in frames:
+        is_thing = np.isin(f.semantic, things)
+        assert ((f.instance > 0) == is_thing).all()
         # Instance i belongs to boxes[i - 1]; every box has points, ids have no gaps.
-        assert np.array_equal(np.unique(frame.instance[things]), np.arange(1, len(frame.boxes) + 1))
-        for i, (box, label) in enumerate(zip(frame.boxes, frame.box_labels), start=1):
-            points = frame.points[frame.instance == i]
-            assert (frame.semantic[frame.instance == i] == label).all()
-            cos, sin = np.cos(box[6]), np.sin(box[6])
-            offset = points - box[:3]
-            local = np.stack([
-                cos * offset[:, 0] + sin * offset[:, 1],
-                -sin * offset[:, 0] + cos * offset[:, 1],
-                offset[:, 2],
-            ], 1)
+        assert np.array_equal(np.unique(f.instance[is_thing]), np.arange(1, len(f.boxes) + 1))
+        assert f.extras["box_velocity"].shape == (len(f.boxes), 2)
+        track_ids = f.extras["box_track_id"]
+        assert len(np.unique(track_ids)) == len(f.boxes) and (track_ids > 0).all()
+        for i, (box, label) in enumerate(zip(f.boxes, f.box_labels), start=1):
+            assert (f.semantic[f.instance == i] == label).all()
+            local = in_box_frame(f.points[f.instance == i], box)
             assert (np.abs(local) <= box[3:6] / 2 + 0.1).all()
+    # Barriers are stuff: no instance, no box.
+    assert all((f.instance[f.semantic == CLASS_ID["barrier"]] == 0).all() for f in frames)
 
 
 def test_dropout_removes_returns():
-    kept = generate_frame(3, 0, replace(SENSOR, dropout=0.0), SCENE).num_points
-    halved = generate_frame(3, 0, replace(SENSOR, dropout=0.5), SCENE).num_points
+    kept = frame(3, sensor=replace(SENSOR, dropout=0.0)).num_points
+    halved = frame(3, sensor=replace(SENSOR, dropout=0.5)).num_points
     assert 0.4 * kept < halved < 0.6 * kept
 
 
 def test_intensity_is_in_unit_interval_and_informative(frames):
-    for frame in frames:
-        assert frame.intensity.min() >= 0 and frame.intensity.max() <= 1
-        road = frame.intensity[frame.semantic == CLASS_ID["road"]].mean()
-        terrain = frame.intensity[frame.semantic == CLASS_ID["terrain"]].mean()
-        assert road < terrain  # asphalt is darker than grass
-
-
-def test_frame_is_in_lidar_coordinates_with_identity_pose(frames):
-    assert np.array_equal(frames[0].pose, np.eye(4))
-    assert np.array_equal(frames[0].sensor_origin, np.zeros(3))
+    intensity = np.concatenate([f.intensity for f in frames])
+    semantic = np.concatenate([f.semantic for f in frames])
+    assert intensity.min() >= 0 and intensity.max() <= 1
+    mean = {name: intensity[semantic == CLASS_ID[name]].mean() for name in CLASSES}
+    assert mean["road"] < mean["other_ground"] < mean["terrain"]  # asphalt, paving, grass
 
 
 def test_objects_keep_clear_of_the_sensor():
@@ -139,11 +158,34 @@ def test_objects_keep_clear_of_the_sensor():
 
 
 def test_empty_scene_sees_only_ground():
-    empty = SceneConfig(extent=50.0, num_buildings=0, num_trees=0, num_poles=0,
-                        num_cars=0, num_pedestrians=0, num_cyclists=0)
-    frame = generate_frame(0, 0, SENSOR, empty)
-    assert frame.num_points > 0 and np.isin(frame.semantic, GROUND).all()
-    assert frame.boxes.shape == (0, 7) and frame.box_labels.shape == (0,)
+    empty = SceneConfig(extent=50.0, num_buildings=0, num_trees=0, num_poles=0, num_cars=0,
+                        num_pedestrians=0, num_cyclists=0, num_trucks=0, num_barriers=0)
+    f = frame(0, scene=empty)
+    assert f.num_points > 0 and np.isin(f.semantic, GROUND).all()
+    assert f.boxes.shape == (0, 7) and f.box_labels.shape == (0,)
+    assert f.extras["box_velocity"].shape == (0, 2) and f.extras["box_track_id"].shape == (0,)
+
+
+def test_street_layout_ground_classes():
+    layout = StreetLayout(heading=np.pi / 2, main_offset=2.0, cross_at=30.0, road_half_width=4.0,
+                          sidewalk_width=2.0, lanes=1, parking_width=(2.5, 0.0),
+                          lots=((-20.0, 10.0, 0.0, 30.0),))
+    uv = np.array([
+        [0, 2], [0, -1.9],  # the main road
+        [0, -2.6],  # parking strip on the right (v < 2 - 4)
+        [0, -5.0], [0, 7.5],  # sidewalks: right behind the strip, left at the kerb
+        [0, -9.0],  # terrain
+        [30, -30], [35, -30], [37, 40],  # the crossing street's road, sidewalk, terrain beyond
+        [30, -3.0],  # the crossing's road wins over the main road's parking strip
+        [-10, 20],  # a parking lot
+        [-10, 6.5],  # the lot does not cover the sidewalk
+    ])
+    names = ["road", "road", "other_ground", "sidewalk", "sidewalk", "terrain", "road", "sidewalk",
+             "terrain", "road", "other_ground", "sidewalk"]
+    assert layout.street_class(uv).tolist() == [CLASS_ID[name] for name in names]
+    # World positions are street positions turned by the heading (90 degrees: u -> y, v -> -x).
+    xy = np.stack([-uv[:, 1], uv[:, 0]], 1)
+    assert np.array_equal(layout.ground_class(xy), layout.street_class(uv))
 
 
 def test_intersectors_on_known_geometry():
@@ -166,15 +208,40 @@ def test_intersectors_on_known_geometry():
     np.testing.assert_allclose([t[0], cos[0]], [2.0, 1.0])
 
 
+def brute_force_range(primitives, origin, dirs):
+    nearest = np.full(len(dirs), np.inf)
+    for group in primitives:
+        every_ray = np.repeat(dirs, len(group.params), 0)
+        every_primitive = np.tile(group.params, (len(dirs), 1))
+        t, _ = INTERSECTORS[group.kind](origin, every_ray, every_primitive)
+        nearest = np.minimum(nearest, t.reshape(len(dirs), -1).min(1, initial=np.inf))
+    return nearest
+
+
 def test_culled_trace_matches_every_ray_against_every_primitive():
     scene = build_scene(np.random.default_rng(7), SCENE)
     dirs, _ = beam_directions(SENSOR)
     origin = np.array([0.0, 0.0, SENSOR.height])
-    nearest = np.full(len(dirs), np.inf)
-    for group in scene.primitives:
-        every_ray, every_primitive = np.repeat(dirs, len(group.params), 0), np.tile(
-            group.params, (len(dirs), 1)
-        )
-        t, _ = INTERSECTORS[group.kind](origin, every_ray, every_primitive)
-        nearest = np.minimum(nearest, t.reshape(len(dirs), -1).min(1, initial=np.inf))
-    assert np.array_equal(trace(scene.primitives, origin, dirs).range, nearest)
+    expected = brute_force_range(scene.primitives, origin, dirs)
+    assert np.isfinite(expected).mean() > 0.3
+    assert np.array_equal(trace(scene.primitives, origin, dirs).range, expected)
+    # Small batches split the primitives differently but find the same hits.
+    assert np.array_equal(trace(scene.primitives, origin, dirs, max_pairs=500).range, expected)
+
+
+def test_culling_keeps_rays_from_inside_a_footprint_and_straight_up_or_down():
+    """Rays from under a tree crown, beside a pole, and vertical ones, in every direction."""
+    scene = build_scene(np.random.default_rng(3), SCENE)
+    crowns = next(group for group in scene.primitives if group.kind == "spheroid")
+    poles = next(group for group in scene.primitives if group.kind == "cylinder")
+    rng = np.random.default_rng(0)
+    dirs = rng.normal(size=(3000, 3))
+    dirs = np.concatenate([dirs / np.linalg.norm(dirs, axis=1, keepdims=True), [[0, 0, 1], [0, 0, -1]]])
+    crown = crowns.params[np.argmax(crowns.params[:, 3])]
+    pole = poles.params[0]
+    under_crown = np.array([crown[0] + 0.3, crown[1], 1.0])
+    beside_pole = np.array([pole[0] + pole[4] + 0.05, pole[1], 2.0])
+    for origin in (under_crown, beside_pole):
+        expected = brute_force_range(scene.primitives, origin, dirs)
+        assert np.array_equal(trace(scene.primitives, origin, dirs).range, expected)
+    assert np.isfinite(trace(scene.primitives, np.array([crown[0], crown[1], 0.5]), dirs[-2:]).range[0])

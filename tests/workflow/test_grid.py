@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from occbench.workflow.grid import SCRATCH, Grid, fraction_tag, subset_size
+from occbench.workflow.grid import SCRATCH, Grid, fraction_tag
 from smoke import smoke_params
 
 
@@ -46,10 +46,3 @@ def test_every_split_file_is_listed_once():
         [("synthetic", "pretrain", f) for f in (0.01, 0.1, 1.0)]
         + [("synthetic", "labels", f) for f in (0.001, 0.01, 0.1, 0.5, 1.0)]
     )
-
-
-def test_subset_size_keeps_at_least_one_frame():
-    assert subset_size(0.001, 36) == 1
-    assert subset_size(0.1, 36) == 4
-    assert subset_size(1.0, 36) == 36
-    assert subset_size(0.3, 10) == 3  # no float creep to 4

@@ -1,8 +1,9 @@
 # Helpers shared by the rules: the occbench command, its environment, input functions.
 
-from occbench.workflow.grid import PATTERNS, hparams_digest
+from occbench.workflow.grid import FINETUNE_SECTIONS, PATTERNS, PRETRAIN_SECTIONS, hparams_digest
 
-OCCBENCH = "occbench " + " ".join(f"--params {path}" for path in PARAMS_FILES)
+OCCBENCH_ARGS = " ".join(f"--params {path}" for path in PARAMS_FILES)
+OCCBENCH = f"occbench {OCCBENCH_ARGS}"
 ENV = "../../environment.yml"  # used with --use-conda; relative to this folder
 
 

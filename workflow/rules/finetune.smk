@@ -14,7 +14,7 @@ rule finetune:
         "results/benchmarks/finetune/{task}_{dataset}_{backbone}_{source}_{fraction}_{seed}.tsv"
     params:
         occbench=OCCBENCH,
-        hparams=lambda w: hparams_digest(config, "finetune", "voxelization", "backbones"),
+        hparams=lambda w: hparams_digest(config, *FINETUNE_SECTIONS),
     threads: config["execution"]["threads"]
     resources:
         gpu=1,

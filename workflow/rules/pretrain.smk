@@ -13,7 +13,7 @@ rule pretrain:
         "results/benchmarks/pretrain/{backbone}_{dataset}_{method}_{fraction}.tsv"
     params:
         occbench=OCCBENCH,
-        hparams=lambda w: hparams_digest(config, "pretrain", "voxelization", "backbones"),
+        hparams=lambda w: hparams_digest(config, *PRETRAIN_SECTIONS),
     threads: config["execution"]["threads"]
     resources:
         gpu=1,

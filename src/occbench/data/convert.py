@@ -1,67 +1,131 @@
 """``occbench convert``: turn a dataset into occbench frames plus an index.
 
-Frames are written one by one, atomically, so memory stays bounded and a
-stopped conversion resumes where it stopped (a frame file that exists is
-complete). A frame that fails is reported by name; the others still convert,
-and the caller ends with the list of failures and a non-zero exit.
+Every dataset kind has a converter (``occbench.data.converters.CONVERTERS``)
+that lists its frames cheaply (``sources``) and reads one at a time (``load``).
+This module is the one driver all of them share:
+
+- frames are written one by one, atomically, so memory stays bounded by one
+  frame per worker and a stopped conversion resumes where it stopped (a frame
+  file that exists is complete);
+- the dataset's settings are kept beside the frames: when they change, the
+  frames written under the old settings are removed instead of reused;
+- a frame that fails is reported with the input it came from; the others still
+  convert, the index lists only the frames that exist, and the caller ends
+  with the list of failures and a non-zero exit.
 """
 
 from __future__ import annotations
 
+import shutil
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from functools import partial
+from multiprocessing import get_context
 from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
 
 from occbench.data.dataset import write_index
-from occbench.data.frame import save_frame
-from occbench.data.synthetic import SceneConfig, SensorProfile, generate_frame
-from occbench.training import progress
+from occbench.data.frame import Frame, save_frame
+from occbench.io import read_json, write_json
+from occbench.progress import progress
 from occbench.workflow.grid import data_dir, index_path
 
 
-def _synthetic_frame(index: int, seed: int, sensor: dict, scene: dict, frames_dir: Path) -> str | None:
-    """Generate frame ``index`` unless it is already on disk; return an error text on failure."""
-    path = frames_dir / f"{index:06d}.npz"
-    if path.exists():
-        return None
+@dataclass(frozen=True)
+class FrameSource:
+    """One frame a converter can produce."""
+
+    frame_id: str  # file stem under frames/, unique within the dataset
+    scene: str  # its sequence or scene: scene-level sampling keeps or drops whole scenes
+    split: str  # "train" or "val"
+    location: str  # where it is read from (a file, a token): named when the frame fails
+
+
+class Converter(Protocol):
+    """A reader of one dataset kind, built from the dataset's settings in params.yaml."""
+
+    def __init__(self, settings: dict[str, Any]) -> None: ...
+
+    def sources(self) -> list[FrameSource]:
+        """Every frame of the dataset, without reading the frames themselves."""
+
+    def load(self, source: FrameSource) -> Frame:
+        """Read and convert one frame; raise with the input file named when it is bad."""
+
+
+# The converter of the running conversion. Worker processes are forked, so they
+# inherit it (a devkit's tables, say) instead of each loading or unpickling it.
+_ACTIVE: Converter | None = None
+
+
+def _convert_one(source: FrameSource, frames_dir: Path) -> tuple[str | None, list[int]]:
+    """Write one frame unless it is already on disk; return (error text or None, its box classes).
+
+    The box classes go into the index, so class-balanced sampling never opens a frame.
+    """
+    path = frames_dir / f"{source.frame_id}.npz"
     try:
-        save_frame(generate_frame(seed, index, SensorProfile.from_dict(sensor), SceneConfig.from_dict(scene)), path)
+        if path.exists():
+            with np.load(path, allow_pickle=False) as archive:
+                box_labels = archive["box_labels"]
+        else:
+            frame = _ACTIVE.load(source)
+            save_frame(frame, path)
+            box_labels = frame.box_labels
     except Exception as err:  # one bad frame must not stop the others
-        return f"{path}: {type(err).__name__}: {err}"
-    return None
+        message = str(err).removeprefix(f"{source.location}: ")  # name the input once
+        return f"{source.location}: {type(err).__name__}: {message}", []
+    return None, sorted(int(label) for label in np.unique(box_labels))
 
 
-def convert_synthetic(name: str, settings: dict, workers: int) -> list[str]:
-    frames_dir = data_dir(name) / "frames"
+def _forget_stale_frames(frames_dir: Path, settings: dict[str, Any]) -> None:
+    """Remove frames converted under other settings; remember the current ones."""
+    record = frames_dir / "settings.json"
+    if frames_dir.exists() and (not record.exists() or read_json(record) != settings):
+        shutil.rmtree(frames_dir)
     frames_dir.mkdir(parents=True, exist_ok=True)
-    count = settings["num_frames"]
-    job = partial(_synthetic_frame, seed=settings["seed"], sensor=settings["sensor"],
-                  scene=settings["scene"], frames_dir=frames_dir)
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            outcomes = list(progress(pool.map(job, range(count), chunksize=4), total=count, desc=f"generate {name}"))
-    else:
-        outcomes = [job(i) for i in progress(range(count), desc=f"generate {name}")]
-    failures = [outcome for outcome in outcomes if outcome]
-    # The last frames form the held-out split; the frames are i.i.d. scenes.
-    first_val = count - max(1, round(count * settings["val_fraction"]))
+    write_json(record, settings)
+
+
+def run_conversion(name: str, converter: Converter, settings: dict[str, Any], workers: int) -> list[str]:
+    """Convert every frame of ``converter`` into results/data/<name>/; return the failures."""
+    global _ACTIVE
+    frames_dir = data_dir(name) / "frames"
+    _forget_stale_frames(frames_dir, settings)
+    sources = converter.sources()
+    ids = [source.frame_id for source in sources]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"dataset {name!r}: its converter lists some frame ids twice")
+    job = partial(_convert_one, frames_dir=frames_dir)
+    _ACTIVE = converter
+    try:
+        if workers > 1:
+            with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+                outcomes = list(progress(pool.map(job, sources, chunksize=4), total=len(sources),
+                                         desc=f"convert {name}"))
+        else:
+            outcomes = [job(source) for source in progress(sources, desc=f"convert {name}")]
+    finally:
+        _ACTIVE = None
+    failures = [error for error, _ in outcomes if error]
     frames = [
-        {"id": f"{i:06d}", "path": f"frames/{i:06d}.npz", "split": "val" if i >= first_val else "train"}
-        for i in range(count)
+        {"id": source.frame_id, "path": f"frames/{source.frame_id}.npz", "split": source.split,
+         "scene": source.scene, "box_classes": box_classes}
+        for source, (error, box_classes) in zip(sources, outcomes)
+        if not error
     ]
     write_index(index_path(name), name, frames)
     return failures
 
 
-CONVERTERS = {
-    "synthetic": convert_synthetic,
-}
-
-
 def convert(params: dict, dataset: str, workers: int = 1) -> list[str]:
     """Convert one dataset of params.yaml; return the failed frames (empty when all went well)."""
+    from occbench.data.converters import CONVERTERS
+
     try:
         settings = params["datasets"][dataset]
     except KeyError:
         raise ValueError(f"dataset {dataset!r} is not defined under datasets in params.yaml") from None
-    return CONVERTERS[settings["kind"]](dataset, settings, workers)
+    return run_conversion(dataset, CONVERTERS[settings["kind"]](settings), settings, workers)

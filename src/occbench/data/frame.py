@@ -17,7 +17,24 @@ Required arrays
     box_labels    int16   (M,)    unified class id of each box
     pose          float64 (4, 4)  LiDAR-to-world transform
     sensor_origin float32 (3,)    ray origin in frame coordinates
-    meta          str             JSON: dataset, sequence, index, sensor, format_version
+    meta          str             JSON: dataset, sequence, index, sensor, num_beams (the
+                                  sensor's beam count), format_version, timestamp (s), and
+                                  the specs of the optional fields below
+
+Optional arrays (``Frame.extras``)
+    box_velocity            float32 (M, 2)  x, y velocity of each box in frame coordinates, m/s
+    occupancy               uint8 (X, Y, Z) semantic occupancy: unified class id, EMPTY_INDEX for
+                                            free space, 255 for unknown; its grid is
+                                            meta["occupancy"] = {"range": [x0, y0, z0, x1, y1, z1],
+                                            "voxel_size": [dx, dy, dz]} in frame coordinates
+    image_<cam>             uint8 (H, W, 3) RGB image of camera <cam>, for each <cam> listed
+                                            in meta["cameras"]
+    intrinsics_<cam>        float64 (3, 3)  pinhole matrix K of <cam>
+    lidar_to_camera_<cam>   float64 (4, 4)  frame (LiDAR) coordinates -> <cam>'s coordinates
+                                            (OpenCV: x right, y down, z forward)
+
+The helpers ``occupancy_grid``, ``set_occupancy``, ``cameras`` and ``add_camera``
+read and write these, so no caller spells the field names.
 """
 
 from __future__ import annotations
@@ -96,6 +113,100 @@ class Frame:
             problems.append("points holds NaN or infinite values")
         if problems:
             raise FrameFormatError("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class OccupancyGrid:
+    """A semantic voxel grid in frame coordinates; ``labels[i, j, k]`` covers
+    [x0 + i dx, x0 + (i + 1) dx) x [y0 + j dy, ...) x [z0 + k dz, ...)."""
+
+    labels: np.ndarray
+    point_range: tuple[float, ...]
+    voxel_size: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        expected = np.round(
+            (np.subtract(self.point_range[3:], self.point_range[:3])) / np.asarray(self.voxel_size)
+        ).astype(int)
+        if self.labels.ndim != 3 or tuple(expected) != self.labels.shape:
+            raise FrameFormatError(
+                f"occupancy has shape {self.labels.shape}, but range {list(self.point_range)} "
+                f"and voxel size {list(self.voxel_size)} give {tuple(expected)}"
+            )
+
+    def voxel_of(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Integer voxel coordinates (N, 3) of ``points`` and whether each lies inside the grid."""
+        coords = np.floor(
+            (points - np.asarray(self.point_range[:3])) / np.asarray(self.voxel_size)
+        ).astype(np.int64)
+        inside = ((coords >= 0) & (coords < np.array(self.labels.shape))).all(axis=1)
+        return coords, inside
+
+    def centres(self) -> np.ndarray:
+        """Centre (X, Y, Z, 3) of every voxel."""
+        axes = [
+            lo + (np.arange(n) + 0.5) * size
+            for lo, n, size in zip(self.point_range[:3], self.labels.shape, self.voxel_size)
+        ]
+        return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+
+
+@dataclass(frozen=True)
+class Camera:
+    image: np.ndarray
+    intrinsics: np.ndarray
+    lidar_to_camera: np.ndarray
+
+    def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel coordinates (N, 2) of frame-coordinate ``points`` and whether each lands in the image."""
+        camera = points @ self.lidar_to_camera[:3, :3].T + self.lidar_to_camera[:3, 3]
+        depth = camera[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pixels = (camera @ self.intrinsics.T)[:, :2] / depth[:, None]
+        height, width = self.image.shape[:2]
+        visible = (depth > 1e-3) & (pixels[:, 0] >= 0) & (pixels[:, 0] < width)
+        visible &= (pixels[:, 1] >= 0) & (pixels[:, 1] < height)
+        return pixels, visible
+
+
+def occupancy_grid(frame: Frame) -> OccupancyGrid | None:
+    if "occupancy" not in frame.extras:
+        return None
+    spec = frame.meta.get("occupancy") or {}
+    try:
+        return OccupancyGrid(frame.extras["occupancy"], tuple(spec["range"]), tuple(spec["voxel_size"]))
+    except KeyError as err:
+        raise FrameFormatError(f"occupancy has no {err} in meta['occupancy']") from None
+
+
+def set_occupancy(frame: Frame, grid: OccupancyGrid) -> None:
+    frame.extras["occupancy"] = np.asarray(grid.labels, dtype=np.uint8)
+    frame.meta["occupancy"] = {
+        "range": [float(v) for v in grid.point_range],
+        "voxel_size": [float(v) for v in grid.voxel_size],
+    }
+
+
+def cameras(frame: Frame) -> dict[str, Camera]:
+    """The frame's cameras by name, in the order of meta["cameras"]."""
+    found = {}
+    for name in frame.meta.get("cameras", []):
+        try:
+            found[name] = Camera(
+                image=frame.extras[f"image_{name}"],
+                intrinsics=frame.extras[f"intrinsics_{name}"],
+                lidar_to_camera=frame.extras[f"lidar_to_camera_{name}"],
+            )
+        except KeyError as err:
+            raise FrameFormatError(f"camera {name!r} is listed in meta but has no {err}") from None
+    return found
+
+
+def add_camera(frame: Frame, name: str, camera: Camera) -> None:
+    frame.extras[f"image_{name}"] = np.asarray(camera.image, dtype=np.uint8)
+    frame.extras[f"intrinsics_{name}"] = np.asarray(camera.intrinsics, dtype=np.float64)
+    frame.extras[f"lidar_to_camera_{name}"] = np.asarray(camera.lidar_to_camera, dtype=np.float64)
+    frame.meta["cameras"] = [*frame.meta.get("cameras", []), name]
 
 
 def save_frame(frame: Frame, path: str | os.PathLike) -> None:

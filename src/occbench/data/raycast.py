@@ -1,9 +1,10 @@
 """Vectorised ray casting against the few primitive kinds the synthetic world is built from.
 
-All rays of a sweep leave one origin (a spinning LiDAR). A bounding-sphere cone
-test, one matrix product, picks the (ray, primitive) pairs that can hit; only
-those go through the exact intersection, so the cost follows what the sensor
-sees rather than rays x primitives. Each intersector takes matching rows of
+All rays of a sweep leave one origin (a spinning LiDAR, a camera). Rays sorted
+by azimuth give each primitive a contiguous window of rays that can reach its
+bounding sphere; a cone test on the sphere thins those, and only the pairs left
+go through the exact intersection, so the cost follows what the sensor sees
+rather than rays x primitives. Each intersector takes matching rows of
 ray directions and primitive parameters and returns the distance along the
 unit ray to the entry point (``inf`` on a miss) and |cos| of the incidence
 angle, which the sensor model turns into intensity.
@@ -139,50 +140,88 @@ class Trace:
     reflectivity: np.ndarray
 
 
-def _candidate_pairs(origin, dirs, kind, params):
-    """(ray, primitive) index pairs whose ray passes through the primitive's bounding sphere."""
+def _azimuth_windows(origin: np.ndarray, kind: str, params: np.ndarray):
+    """Per primitive, from ``origin``: the unit direction to its bounding sphere (K, 3), the
+    cosine of the cone the sphere subtends (K,), and the centre (K,) and half-width (K,) of the
+    azimuth window that holds every ray able to hit it (half-width pi: any azimuth).
+
+    A ray's horizontal projection must pass within the sphere's radius of the sphere's
+    horizontal centre, so its azimuth is within asin(radius / horizontal distance) of the
+    centre's azimuth; when the origin lies inside that horizontal disk, any azimuth can.
+    """
     centre, radius = bounding_spheres(kind, params)
     offset = centre - origin
-    distance = np.linalg.norm(offset, axis=1)
+    distance = np.maximum(np.linalg.norm(offset, axis=1), 1e-12)
+    horizontal = np.hypot(offset[:, 0], offset[:, 1])
     # A ray meets the sphere iff its angle to the centre is below asin(radius / distance).
-    inside = distance <= radius
-    min_cos = np.where(inside, -1.0, np.sqrt(np.maximum(1 - (radius / distance) ** 2, 0.0)))
-    return np.nonzero(dirs @ (offset / np.maximum(distance, 1e-12)[:, None]).T >= min_cos)
+    min_cos = np.where(distance <= radius, -1.0, np.sqrt(np.maximum(1 - (radius / distance) ** 2, 0.0)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        half_width = np.where(horizontal > radius, np.arcsin(radius / horizontal) + 1e-9, np.pi)
+    return offset / distance[:, None], min_cos, np.arctan2(offset[:, 1], offset[:, 0]), half_width
+
+
+def _candidate_pairs(dirs, order, extended_azimuth, unit, min_cos, centre_azimuth, half_width):
+    """(ray, primitive) index pairs whose ray passes through the primitive's bounding sphere.
+
+    ``order`` sorts the rays by azimuth and ``extended_azimuth`` is the sorted azimuths three
+    times over, shifted by -2 pi, 0 and 2 pi, so that every window, even one across +-pi, is
+    one slice of it: only the rays in the window get the cone test.
+    """
+    count = len(order)
+    full = half_width >= np.pi
+    first = np.where(full, count, np.searchsorted(extended_azimuth, centre_azimuth - half_width))
+    stop = np.where(full, 2 * count,
+                    np.searchsorted(extended_azimuth, centre_azimuth + half_width, "right"))
+    sizes = stop - first
+    prim = np.repeat(np.arange(len(sizes)), sizes)
+    position = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes - first, sizes)
+    ray = order[position % max(count, 1)]
+    close = np.einsum("ij,ij->i", dirs[ray], unit[prim]) >= min_cos[prim]
+    return ray[close], prim[close]
 
 
 def trace(
     primitives: Sequence[Primitives],
     origin: np.ndarray,
     dirs: np.ndarray,
-    chunk_size: int = 8192,
+    max_pairs: int = 1 << 20,
 ) -> Trace:
     """Nearest hit of each unit ray ``dirs`` (R, 3) from ``origin`` among all primitives.
 
-    Rays go through in chunks so the (rays, primitives) cone test stays a few MB.
+    Primitives go through in batches of about ``max_pairs`` azimuth-window candidates, which
+    bounds the memory of the culling step.
     """
     origin = np.asarray(origin, dtype=np.float64)
-    best_range = np.full(len(dirs), np.inf)
-    best_cos = np.zeros(len(dirs))
-    best_id = np.zeros(len(dirs), dtype=np.int64)  # index into the concatenated primitives
-    for start in range(0, len(dirs), chunk_size):
-        chunk = dirs[start : start + chunk_size]
-        rays, ts, coss, ids = [], [], [], []
-        first_id = 0
-        for group in primitives:
-            ray, prim = _candidate_pairs(origin, chunk, group.kind, group.params)
-            t, cos = INTERSECTORS[group.kind](origin, chunk[ray], group.params[prim])
+    azimuth = np.arctan2(dirs[:, 1], dirs[:, 0])
+    order = np.argsort(azimuth, kind="stable")
+    extended = np.concatenate([azimuth[order] + shift for shift in (-2 * np.pi, 0.0, 2 * np.pi)])
+    rays, ts, coss, ids = [np.zeros(0, np.int64)], [np.zeros(0)], [np.zeros(0)], [np.zeros(0, np.int64)]
+    first_id = 0
+    for group in primitives:
+        unit, min_cos, centre_azimuth, half_width = _azimuth_windows(origin, group.kind, group.params)
+        # Window sizes, as if the rays were spread evenly in azimuth, decide the batches.
+        window = np.minimum(len(dirs), len(dirs) * half_width / np.pi + 1)
+        batch_of = np.cumsum(window) // max_pairs
+        for batch in np.split(np.arange(len(group.params)), np.flatnonzero(np.diff(batch_of)) + 1):
+            ray, prim = _candidate_pairs(dirs, order, extended, unit[batch], min_cos[batch],
+                                         centre_azimuth[batch], half_width[batch])
+            prim = batch[prim]
+            t, cos = INTERSECTORS[group.kind](origin, dirs[ray], group.params[prim])
             hit = np.isfinite(t)
             rays.append(ray[hit]), ts.append(t[hit]), coss.append(cos[hit])
             ids.append(first_id + prim[hit])
-            first_id += len(group.params)
-        ray, t, cos, ids = (np.concatenate(x) for x in (rays, ts, coss, ids))
-        # Per ray, the first pair in (ray, t) order is the nearest hit.
-        order = np.lexsort((t, ray))
-        ray, first = np.unique(ray[order], return_index=True)
-        nearest = order[first]
-        best_range[start + ray] = t[nearest]
-        best_cos[start + ray] = cos[nearest]
-        best_id[start + ray] = ids[nearest]
+        first_id += len(group.params)
+    ray, t, cos, ids = (np.concatenate(x) for x in (rays, ts, coss, ids))
+    # Per ray, the first pair in (ray, t) order is the nearest hit.
+    order = np.lexsort((t, ray))
+    ray, first = np.unique(ray[order], return_index=True)
+    nearest = order[first]
+    best_range = np.full(len(dirs), np.inf)
+    best_cos = np.zeros(len(dirs))
+    best_id = np.zeros(len(dirs), dtype=np.int64)  # index into the concatenated primitives
+    best_range[ray] = t[nearest]
+    best_cos[ray] = cos[nearest]
+    best_id[ray] = ids[nearest]
 
     def gather(field: str, dtype) -> np.ndarray:
         values = np.concatenate([getattr(g, field) for g in primitives] + [np.zeros(1)])

@@ -2,4 +2,4 @@
 
 from occbench.models import spconv_compat
 
-spconv_compat.enable_cpu_backward()
+spconv_compat.enable_cpu_training()

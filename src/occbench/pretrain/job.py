@@ -8,16 +8,19 @@ import time
 import numpy as np
 import torch
 
-from occbench.data.dataset import FrameIndex, to_batch
+from occbench.data.augment import GlobalAugmentation
+from occbench.data.batch import training_batch
+from occbench.data.dataset import FrameIndex
 from occbench.data.splits import read_split
 from occbench.io import sha256_file, write_json
 from occbench.models.backbone import SparseBackbone
 from occbench.models.checkpoint import save_checkpoint
 from occbench.models.voxelize import voxelize
 from occbench.pretrain import METHODS
+from occbench.progress import progress
 from occbench.provenance import environment
-from occbench.training import epoch_order, progress, run_epochs, seed_everything
-from occbench.workflow.grid import PretrainRun, hparams_digest, index_path, split_path
+from occbench.training import epoch_order, run_epochs, seed_everything
+from occbench.workflow.grid import PRETRAIN_SECTIONS, PretrainRun, hparams_digest, index_path, split_path
 
 
 def pretrain(params: dict, run: PretrainRun) -> None:
@@ -34,19 +37,20 @@ def pretrain(params: dict, run: PretrainRun) -> None:
     )
     batch_size = settings["batch_size"]
     max_points = params["voxelization"]["max_points"]
-    digest = hparams_digest(params, "pretrain", "voxelization", "backbones")
+    digest = hparams_digest(params, *PRETRAIN_SECTIONS)
+    augmentation = GlobalAugmentation.from_dict(params["augmentation"])
 
     def run_epoch(epoch: int) -> dict[str, float]:
         backbone.train()
         method.train()
         order = epoch_order(frame_ids, settings["seed"], epoch)
-        subsample_rng = np.random.default_rng([settings["seed"], epoch, 1])
+        data_rng = np.random.default_rng([settings["seed"], epoch, 1])
         sums: dict[str, float] = {}
         steps = math.ceil(len(order) / batch_size)
         bar = progress(range(steps), desc=f"{run.method} epoch {epoch + 1}/{settings['epochs']}")
         for step in bar:
-            frames = [index.load(i) for i in order[step * batch_size:(step + 1) * batch_size]]
-            batch = to_batch(frames, max_points, subsample_rng)
+            batch = training_batch(index, order[step * batch_size:(step + 1) * batch_size],
+                                   augmentation, max_points, data_rng)
             voxels = voxelize(batch.points, batch.intensity, backbone.grid)
             loss, logs = method.loss(backbone(voxels, with_bev=method.needs_bev), batch, voxels, generator)
             optimizer.zero_grad(set_to_none=True)

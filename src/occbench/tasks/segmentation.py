@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from occbench.data.dataset import FrameIndex, to_batch
+from occbench.data.augment import GlobalAugmentation
+from occbench.data.batch import to_batch, training_batch
+from occbench.data.dataset import FrameIndex
 from occbench.data.splits import read_split
 from occbench.data.taxonomy import CLASSES, IGNORE_INDEX, NUM_CLASSES
 from occbench.io import sha256_file, sha256_json, write_json
@@ -24,9 +26,10 @@ from occbench.metrics.segmentation import ConfusionMatrix, segmentation_metrics
 from occbench.models.backbone import SparseBackbone
 from occbench.models.checkpoint import load_backbone, read_checkpoint
 from occbench.models.voxelize import points_to_voxel_rows, voxelize
+from occbench.progress import progress
 from occbench.provenance import environment
-from occbench.training import epoch_order, progress, run_epochs, save_torch, seed_everything
-from occbench.workflow.grid import FinetuneRun, hparams_digest, index_path, split_path
+from occbench.training import epoch_order, run_epochs, save_torch, seed_everything
+from occbench.workflow.grid import FINETUNE_SECTIONS, FinetuneRun, hparams_digest, index_path, split_path
 
 
 def epochs_for(schedule: list[dict], label_fraction: float) -> int:
@@ -84,16 +87,17 @@ class SegmentationTask:
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings["lr"], total_steps=epochs * steps_per_epoch)
         max_points = self.params["voxelization"]["max_points"]
         grid = model.backbone.grid
+        augmentation = GlobalAugmentation.from_dict(self.params["augmentation"])
 
         def run_epoch(epoch: int) -> dict[str, float]:
             model.train()
             order = epoch_order(train_ids, run.seed, epoch)
-            subsample_rng = np.random.default_rng([run.seed, epoch, 1])
+            data_rng = np.random.default_rng([run.seed, epoch, 1])
             total = 0.0
             bar = progress(range(steps_per_epoch), desc=f"segmentation epoch {epoch + 1}/{epochs}")
             for step in bar:
-                frames = [index.load(i) for i in order[step * batch_size:(step + 1) * batch_size]]
-                batch = to_batch(frames, max_points, subsample_rng)
+                batch = training_batch(index, order[step * batch_size:(step + 1) * batch_size],
+                                       augmentation, max_points, data_rng)
                 voxels = voxelize(batch.points, batch.intensity, grid)
                 voxel_logits = model(voxels)
                 inside = [rows >= 0 for rows in voxels.point_voxel]
@@ -111,7 +115,7 @@ class SegmentationTask:
         started = time.perf_counter()
         run.directory.mkdir(parents=True, exist_ok=True)
         state_path = run.directory / "train_state.pt"
-        digest = hparams_digest(self.params, "finetune", "voxelization", "backbones")
+        digest = hparams_digest(self.params, *FINETUNE_SECTIONS)
         history = run_epochs(state_path, digest, epochs,
                              {"model": model, "optimizer": optimizer, "scheduler": scheduler}, generator, run_epoch)
         train_seconds = time.perf_counter() - started

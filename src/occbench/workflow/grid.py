@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import re
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
@@ -12,6 +12,10 @@ from occbench.config import check_consistency
 from occbench.io import sha256_json
 
 SCRATCH = "scratch"  # the one method without a pre-training job
+
+# Dataset kinds converted in an environment of their own (workflow/envs/<kind>.yml):
+# their official tools pin versions the rest of occbench cannot share.
+OWN_ENVIRONMENT_KINDS = ("waymo",)
 
 REPORTS = Path("reports")
 
@@ -27,11 +31,6 @@ PATTERNS = {
 def fraction_tag(fraction: float) -> str:
     """Canonical text of a fraction in paths: 1.0 -> '1', 0.1 -> '0.1'."""
     return f"{fraction:g}"
-
-
-def subset_size(fraction: float, total: int) -> int:
-    """Frames kept by a fraction: at least one, so tiny fractions still run."""
-    return max(1, math.ceil(round(fraction * total, 9)))
 
 
 def index_path(dataset: str) -> Path:
@@ -154,6 +153,12 @@ class Grid:
         specs.update(dict.fromkeys((r.finetune_dataset, "labels", r.label_fraction) for r in self.finetune_runs))
         return list(specs)
 
+    def dataset_pattern(self, own_environment: bool) -> str:
+        """Regex of the dataset names whose conversion does (not) run in its own environment."""
+        names = [name for name, dataset in self.params["datasets"].items()
+                 if (dataset["kind"] in OWN_ENVIRONMENT_KINDS) == own_environment]
+        return "|".join(map(re.escape, names)) or "(?!)"
+
     def pretrain_run(self, backbone: str, source: str) -> PretrainRun | None:
         """The pre-training run a fine-tuning source tag names (None for scratch)."""
         if source == SCRATCH:
@@ -167,6 +172,12 @@ class Grid:
                      label_fraction: float, seed: int) -> FinetuneRun:
         return FinetuneRun(task, backbone, finetune_dataset, label_fraction, seed,
                            self.pretrain_run(backbone, source))
+
+
+# The params sections each training job depends on: its hparams digest (resume key,
+# Snakemake re-run trigger) covers exactly these.
+PRETRAIN_SECTIONS = ("pretrain", "voxelization", "backbones", "augmentation")
+FINETUNE_SECTIONS = ("finetune", "voxelization", "backbones", "augmentation")
 
 
 def hparams_digest(params: dict[str, Any], *sections: str) -> str:
