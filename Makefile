@@ -1,6 +1,7 @@
 # The two commands of the README, for a fresh Debian machine with Python 3.11:
 #   make run    build .venv and run the default experiment on the synthetic world
-#   make test   install the test cluster's packages (SLURM, munge), build .venv, run the tests
+#   make test   install the test cluster's packages (SLURM, munge), build .venv and the Waymo
+#               environment .venv-waymo, run the tests
 # Each builds what it needs first, so either can be the first command on a new machine.
 
 PYTHON ?= python3.11
@@ -24,9 +25,11 @@ $(BIN)/occbench: pyproject.toml
 	$(BIN)/pip install --quiet --no-deps nuscenes-devkit==1.2.0
 	touch $@
 
+# reports/ is committed (the baseline of `dvc metrics diff`), so aggregation is forced:
+# that makes Snakemake run every job of the grid whose results are missing or stale.
 run: $(BIN)/occbench
 	@start=$$(date +%s); \
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile $(PROFILE) && \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile $(PROFILE) --forcerun aggregate && \
 	echo "occbench: default experiment finished in $$(( $$(date +%s) - start )) s; see reports/"
 
 dry-run: $(BIN)/occbench
@@ -50,7 +53,7 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; \
 	else echo "make: not root, SLURM tests will be skipped (apt-get install slurm-wlm munge)"; fi
 
-test: system-deps $(BIN)/occbench
+test: system-deps $(BIN)/occbench $(WAYMO_VENV)/bin/python
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
 
 clean:

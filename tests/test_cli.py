@@ -1,3 +1,5 @@
+import importlib.util
+
 import pytest
 
 from occbench.cli import main
@@ -26,3 +28,10 @@ def test_missing_dataset_index_is_named(tmp_path, monkeypatch, capsys):
 def test_unknown_verb_is_an_argparse_error():
     with pytest.raises(SystemExit):
         main(["frobnicate"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None, reason="tensorflow is installed here")
+def test_converting_waymo_outside_its_environment_says_how_to_get_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([*SMOKE_ARGS, "convert", "--dataset", "waymo"]) == 2
+    assert ".venv-waymo" in capsys.readouterr().err

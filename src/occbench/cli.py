@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         args.params = args.params or [Path("params.yaml")]
         params = load_params(*args.params)
         args.handler(args, params)
-    except (ValueError, FileNotFoundError) as err:  # bad input: say which file and why
+    except (ValueError, FileNotFoundError, ImportError) as err:  # bad input or a missing tool: say which
         if os.environ.get("OCCBENCH_DEBUG"):
             raise
         print(f"occbench {args.verb}: error: {err}", file=sys.stderr)

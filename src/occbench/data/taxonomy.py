@@ -8,6 +8,12 @@ lacks (bus vs truck, trunk vs foliage, sign vs pole) is merged into the class
 all of them can express. Native labels with no unified counterpart (noise,
 debris, animals, "other") map to ``None`` and become IGNORE_INDEX.
 
+One exception to the common denominator: nuScenes lidarseg has no pole class
+(poles and signs are part of ``static.manmade``), so its poles are labelled
+``building`` and ``pole`` never occurs in nuScenes. Merging poles into
+buildings everywhere would throw away a class three of the four sources
+label; a nuScenes evaluation simply has no pole IoU.
+
 Unified classes
     road          drivable surface, lane markings
     sidewalk      sidewalks, curbs
