@@ -12,3 +12,10 @@ def test_environment_yml_pins_what_pyproject_requires():
     assert [r for r in pip_section if r != "-e ."] == requirements
     assert "-e ." in pip_section and "python=3.11" in environment["dependencies"]
     assert "torch==2.13.0" in requirements  # the CPU wheel, not the CUDA download
+
+
+def test_dvc_runs_stage_depends_on_every_params_section_but_execution():
+    """A section missing here would change results without `dvc repro` noticing."""
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "params.schema.yaml").read_text())
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["runs"]
+    assert set(stage["params"]) == set(schema["required"]) - {"execution"}
