@@ -100,8 +100,8 @@ def dataset(tmp_path):
     labels = {"a": [CAR, CAR, BUILDING], "b": [PEDESTRIAN, TRUCK], "c": [], "d": [CYCLIST]}
     splits = {"a": "train", "b": "train", "c": "val", "d": "val"}
     write_index(tmp_path / "index.json", "test",
-                [{"id": i, "path": f"frames/{i}.npz", "split": splits[i], "box_classes": sorted(set(labels[i]))}
-                 for i in labels])
+                [{"id": i, "path": f"frames/{i}.npz", "split": splits[i], "scene": i,
+                  "box_classes": sorted(set(labels[i]))} for i in labels])
     return tmp_path / "index.json"
 
 
@@ -112,6 +112,6 @@ def test_frame_class_sets_reads_the_box_classes_the_index_records(dataset):
 
 
 def test_an_index_without_box_classes_asks_for_conversion(tmp_path):
-    write_index(tmp_path / "index.json", "test", [{"id": "a", "path": "frames/a.npz", "split": "train"}])
+    write_index(tmp_path / "index.json", "test", [{"id": "a", "path": "frames/a.npz", "split": "train", "scene": "a"}])
     with pytest.raises(ValueError, match="frame 'a' has no box_classes; convert the dataset again"):
         frame_class_sets(tmp_path / "index.json")

@@ -22,23 +22,14 @@ rule convert:
 
 # Waymo's official tools pin TensorFlow 2.13 and numpy 1.23, so its conversion
 # runs in its own environment (`--sdm conda` builds it), from the source tree.
-rule convert_waymo:
-    output:
-        index=PATTERNS["index"],
-    log:
-        "results/logs/convert/{dataset}.log",
-    benchmark:
-        "results/benchmarks/convert/{dataset}.tsv"
+use rule convert as convert_waymo with:
     wildcard_constraints:
         dataset=GRID.dataset_pattern(own_environment=True),
     params:
         occbench=f"PYTHONPATH={workflow.basedir}/src python -m occbench {OCCBENCH_ARGS}",
         hparams=lambda w: hparams_digest(config["datasets"], w.dataset),
-    threads: 2
     conda:
         "../envs/waymo.yml"
-    shell:
-        "{params.occbench} convert --dataset {wildcards.dataset} --workers {threads} > {log} 2>&1"
 
 
 rule split:

@@ -9,6 +9,7 @@ from occbench.data.frame import Frame, load_frame
 from occbench.io import read_json, write_json
 
 INDEX_VERSION = 1
+ENTRY_KEYS = ("id", "path", "split", "scene", "box_classes")
 
 
 def write_index(path: str | os.PathLike, dataset: str, frames: list[dict]) -> None:
@@ -28,13 +29,18 @@ class FrameIndex:
             self.frames = {entry["id"]: entry for entry in index["frames"]}
         except (KeyError, TypeError) as err:
             raise ValueError(f"{self.path}: not a frame index (missing {err})") from err
+        for frame_id, entry in self.frames.items():
+            missing = [key for key in ENTRY_KEYS if key not in entry]
+            if missing:
+                raise ValueError(f"{self.path}: frame {frame_id!r} has no {', '.join(missing)}; convert the "
+                                 "dataset again with this occbench")
 
     def ids(self, split: str) -> list[str]:
         return sorted(frame_id for frame_id, entry in self.frames.items() if entry["split"] == split)
 
     def scenes(self, split: str) -> dict[str, str]:
-        """Frame id -> scene of the frames of one split (an index without scenes: one scene a frame)."""
-        return {frame_id: self.frames[frame_id].get("scene", frame_id) for frame_id in self.ids(split)}
+        """Frame id -> scene of the frames of one split."""
+        return {frame_id: self.frames[frame_id]["scene"] for frame_id in self.ids(split)}
 
     def frame_path(self, frame_id: str) -> Path:
         return self.path.parent / self.frames[frame_id]["path"]

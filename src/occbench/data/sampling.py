@@ -86,11 +86,4 @@ def frame_class_sets(index: FrameIndex | str | os.PathLike, split: str | None = 
         index = FrameIndex(index)
     ids = index.ids(split) if split is not None else sorted(index.frames)
     wanted = frozenset(classes)
-    sets = {}
-    for frame_id in ids:
-        try:
-            sets[frame_id] = frozenset(index.frames[frame_id]["box_classes"]) & wanted
-        except KeyError:
-            raise ValueError(f"{index.path}: frame {frame_id!r} has no box_classes; convert the dataset "
-                             "again with this occbench") from None
-    return sets
+    return {frame_id: frozenset(index.frames[frame_id]["box_classes"]) & wanted for frame_id in ids}
