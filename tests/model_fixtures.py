@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from occbench.data.batch import to_batch
+from occbench.data.batch import collate, subsample
 from occbench.data.converters.synthetic import SyntheticConverter
 from occbench.models.backbone import SparseBackbone
 from occbench.models.voxelize import voxelize
@@ -24,7 +24,8 @@ def tiny_backbone_batch(smoke):
 
     converter = SyntheticConverter(smoke["datasets"]["synthetic"])
     frames = [converter.load(source) for source in converter.sources()[:2]]
-    batch = to_batch(frames, 3000, np.random.default_rng(0))
+    rng = np.random.default_rng(0)
+    batch = collate([(str(i), subsample(frame, 3000, rng)) for i, frame in enumerate(frames)])
     torch.manual_seed(0)
     backbone = SparseBackbone.from_params(smoke, "small")
     return backbone, batch, voxelize(batch.points, batch.intensity, backbone.grid)

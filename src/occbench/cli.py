@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from occbench.config import load_params
+from occbench.preemption import Preempted
 from occbench.workflow.grid import REPORTS, Grid
 
 
@@ -44,11 +45,11 @@ def _pretrain(args, params) -> None:
 
 
 def _finetune(args, params) -> None:
-    from occbench.tasks import TASKS
+    from occbench.tasks.job import finetune
 
     run = Grid(params).finetune_run(args.task, args.backbone, args.dataset, args.source,
                                     args.label_fraction, args.seed)
-    metrics = TASKS[args.task](params, run).execute()
+    metrics = finetune(params, run)
     print({key: value for key, value in metrics.items() if not isinstance(value, dict)})
 
 
@@ -124,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         args.params = args.params or [Path("params.yaml")]
         params = load_params(*args.params)
         args.handler(args, params)
-    except (ValueError, FileNotFoundError, ImportError) as err:  # bad input or a missing tool: say which
+    except Preempted as stop:  # saved its state: a requeued or retried job resumes it
+        print(f"occbench {args.verb}: {stop}", file=sys.stderr)
+        return 128 + stop.signum
+    except (ValueError, FileNotFoundError, ImportError, FloatingPointError) as err:  # bad input, a missing
+        # tool or a diverged loss: say which
         if os.environ.get("OCCBENCH_DEBUG"):
             raise
         print(f"occbench {args.verb}: error: {err}", file=sys.stderr)

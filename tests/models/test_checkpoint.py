@@ -8,7 +8,7 @@ from occbench.models.checkpoint import CheckpointMismatchError, load_backbone, r
 def test_full_checkpoint_loads_everything(smoke, tmp_path):
     torch.manual_seed(0)
     source = SparseBackbone.from_params(smoke, "small")
-    save_checkpoint(tmp_path / "ckpt.pt", source, {"method": "also"})
+    save_checkpoint(tmp_path / "ckpt.pt", source, {"method": "also"}, [])
     torch.manual_seed(1)
     target = SparseBackbone.from_params(smoke, "small")
     report = load_backbone(target, read_checkpoint(tmp_path / "ckpt.pt")["backbone"], 0.99, "ckpt.pt")

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from occbench.tasks.segmentation import epochs_for
+from occbench.tasks.job import epochs_for
 from smoke import make_dataset, occbench
 
 
@@ -75,7 +75,7 @@ def test_checkpoint_of_another_backbone_is_refused(workdir, capsys):
     checkpoint = "results/pretrain/small/synthetic/also/pt_1/checkpoint.pt"
     shutil.copy(checkpoint, "good.pt")
     try:
-        save_checkpoint(checkpoint, SparseBackbone.from_params(smoke_params(), "base"), {})
+        save_checkpoint(checkpoint, SparseBackbone.from_params(smoke_params(), "base"), {}, [])
         assert _finetune("also-synthetic-pt_1", 3) == 2
         assert f"{checkpoint}: only 0.0% of the backbone's parameters" in capsys.readouterr().err
         assert not os.path.exists(f"{_run_dir('also-synthetic-pt_1', 3)}/metrics.json")

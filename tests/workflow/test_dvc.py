@@ -33,12 +33,12 @@ def test_repro_then_param_change_shows_changed_cells(project_copy):
 
     params_file = project_copy / "params.yaml"
     params = yaml.safe_load(params_file.read_text())
-    params["finetune"]["segmentation"]["lr"] *= 4
+    params["finetune"]["segmentation"]["optimizer"]["lr"] *= 4
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     _run(project_copy, "dvc", "repro")
 
     changed = json.loads(_run(project_copy, "dvc", "params", "diff", "--json"))
-    assert list(changed["params.yaml"]) == ["finetune.segmentation.lr"]
+    assert list(changed["params.yaml"]) == ["finetune.segmentation.optimizer.lr"]
     diff = json.loads(_run(project_copy, "dvc", "metrics", "diff", "--json"))["reports/metrics.json"]
     cells = {key.rsplit(".", 1)[0] for key, change in diff.items()
              if key.endswith(".mean") and change["diff"] not in (0, None)}

@@ -19,6 +19,7 @@ from torch import nn
 from occbench.models.voxelize import VoxelBatch, VoxelGrid
 
 IN_CHANNELS = 4  # mean x, y, z, intensity per voxel
+BEV_STRIDE = 4  # two stride-2 encoder stages in x and y
 
 
 def _subm(c_in: int, c_out: int, key: str) -> spconv.SparseSequential:
@@ -47,8 +48,13 @@ def _up(c_in: int, c_out: int, key: str) -> spconv.SparseSequential:
 
 @dataclass
 class BackboneOutput:
-    voxel_features: spconv.SparseConvTensor  # full resolution, same voxels as the input
-    bev: torch.Tensor | None  # (B, bev_channels, H/4, W/4), when asked for
+    """What heads read; they take the grid and strides from here, never from constants."""
+
+    voxel_features: spconv.SparseConvTensor  # decoder output: full resolution, same voxels as the input
+    levels: dict[int, spconv.SparseConvTensor]  # encoder output by stride in voxels: 1, 2, 4
+    bev: torch.Tensor | None  # (B, bev_channels, Y / bev_stride, X / bev_stride), when asked for
+    bev_stride: int  # one BEV cell spans bev_stride x bev_stride voxels of the grid
+    grid: VoxelGrid
 
 
 class SparseBackbone(nn.Module):
@@ -97,4 +103,4 @@ class SparseBackbone(nn.Module):
             dense = self.to_bev(x2).dense()  # (B, C, D, H, W)
             batch, channels, depth, height, width = dense.shape
             bev = self.bev_neck(dense.reshape(batch, channels * depth, height, width))
-        return BackboneOutput(u0, bev)
+        return BackboneOutput(u0, {1: x0, 2: x1, 4: x2}, bev, BEV_STRIDE, self.grid)

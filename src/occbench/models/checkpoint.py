@@ -42,8 +42,10 @@ class LoadReport:
         }
 
 
-def save_checkpoint(path: str | os.PathLike, backbone: nn.Module, meta: dict[str, Any]) -> None:
-    save_torch({"version": CHECKPOINT_VERSION, "backbone": backbone.state_dict(), "meta": meta}, path)
+def save_checkpoint(path: str | os.PathLike, backbone: nn.Module, meta: dict[str, Any],
+                    trained_parameters: list[str]) -> None:
+    save_torch({"version": CHECKPOINT_VERSION, "backbone": backbone.state_dict(), "meta": meta,
+                "trained_parameters": sorted(trained_parameters)}, path)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -52,6 +52,17 @@ class VoxelBatch:
     indices: torch.Tensor  # (V, 4) int32: batch, z, y, x
     point_voxel: list[torch.Tensor]  # per sample, (N_i,) voxel row of each point, -1 if out of range
     batch_size: int
+    parent: "VoxelBatch | None" = None  # the whole voxelization this one was taken from (masking)
+    parent_rows: torch.Tensor | None = None  # (V,) row of each voxel in ``parent``
+
+    def subset(self, keep: torch.Tensor) -> "VoxelBatch":
+        """The voxels where ``keep`` (bool, (V,)) holds, e.g. the visible ones of a masking method;
+        points of dropped voxels map to -1, and ``parent`` keeps the whole batch for the targets."""
+        rows = torch.nonzero(keep).squeeze(1)
+        renumber = torch.full((keep.shape[0],), -1, dtype=torch.long, device=keep.device)
+        renumber[rows] = torch.arange(rows.shape[0], device=keep.device)
+        point_voxel = [torch.where(pv >= 0, renumber[pv.clamp_min(0)], pv) for pv in self.point_voxel]
+        return VoxelBatch(self.features[rows], self.indices[rows], point_voxel, self.batch_size, self, rows)
 
 
 def voxelize(points: list[torch.Tensor], intensity: list[torch.Tensor], grid: VoxelGrid) -> VoxelBatch:

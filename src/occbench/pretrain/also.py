@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from occbench.data.batch import PointBatch
+from occbench.data.batch import Batch
 from occbench.models.backbone import BackboneOutput, SparseBackbone
 from occbench.models.voxelize import VoxelBatch
+from occbench.pretrain.base import PretrainMethod, RunContext
 
 IN, OUT, FAR = 0, 1, 2  # the three thirds of the query set, in this order
 
@@ -75,12 +76,11 @@ def neighbour_pairs(queries: torch.Tensor, latent: torch.Tensor, radius: float, 
     return torch.cat(query_rows), torch.cat(latent_rows)
 
 
-class ALSO(nn.Module):
+class ALSO(PretrainMethod):
     needs_bev = False
 
-    def __init__(self, backbone: SparseBackbone, settings: dict):
-        super().__init__()
-        self.settings = settings
+    def __init__(self, backbone: SparseBackbone, settings: dict, context: RunContext | None = None):
+        super().__init__(backbone, settings, context)
         hidden = settings["hidden_dim"]
         self.decoder = nn.Sequential(
             nn.Linear(backbone.out_channels + 3, hidden),
@@ -90,7 +90,7 @@ class ALSO(nn.Module):
             nn.Linear(hidden, 2),  # occupancy logit, intensity
         )
 
-    def loss(self, output: BackboneOutput, batch: PointBatch, voxels: VoxelBatch,
+    def loss(self, output: BackboneOutput, batch: Batch, voxels: VoxelBatch,
              generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         s = self.settings
         features = output.voxel_features.features
@@ -122,3 +122,9 @@ class ALSO(nn.Module):
             "occupancy_accuracy": accuracy.item(),
             "pairs": float(logits.numel()),
         }
+
+    @torch.no_grad()
+    def pretext_metrics(self, output: BackboneOutput, batch: Batch, voxels: VoxelBatch,
+                        generator: torch.Generator) -> dict[str, float]:
+        _, logs = self.loss(output, batch, voxels, generator)
+        return {key: logs[key] for key in ("occupancy_bce", "occupancy_accuracy")}

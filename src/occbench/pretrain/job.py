@@ -1,80 +1,93 @@
-"""One pre-training run: a method's loss on the shared backbone, over a data fraction."""
+"""One pre-training run: a method's loss on the shared backbone, over a pre-training fraction, through ``fit``."""
 
 from __future__ import annotations
 
-import math
+import os
 import time
 
 import numpy as np
 import torch
 
 from occbench.data.augment import GlobalAugmentation
-from occbench.data.batch import training_batch
+from occbench.data.batch import check_needs
 from occbench.data.dataset import FrameIndex
+from occbench.data.loader import FrameDataset, evaluation_loader
 from occbench.data.splits import read_split
 from occbench.io import sha256_file, write_json
 from occbench.models.backbone import SparseBackbone
 from occbench.models.checkpoint import save_checkpoint
-from occbench.models.voxelize import voxelize
 from occbench.pretrain import METHODS
-from occbench.progress import progress
+from occbench.pretrain.base import PretrainModel, RunContext
 from occbench.provenance import environment
-from occbench.training import epoch_order, run_epochs, seed_everything
+from occbench.training import TrainConfig, fit, seed_everything
+from occbench.training.loop import resolve_device
 from occbench.workflow.grid import PRETRAIN_SECTIONS, PretrainRun, hparams_digest, index_path, split_path
+
+PRETEXT_STREAM = 2**32 - 1  # the random stream of held-out pretext metrics, apart from every epoch's
+
+
+@torch.no_grad()
+def pretext_metrics(model: PretrainModel, index: FrameIndex, frame_ids: list[str], batch_size: int,
+                    seed: int, device: torch.device) -> dict[str, float]:
+    """The method's pretext metrics on held-out frames, frame-weighted, with fixed random streams."""
+    model.eval()
+    totals: dict[str, float] = {}
+    loader = evaluation_loader(index, frame_ids, batch_size, model.method.needs)
+    for step, batch in enumerate(loader):
+        generator = torch.Generator().manual_seed(
+            int(np.random.SeedSequence([seed, PRETEXT_STREAM, step]).generate_state(1, np.uint64)[0] >> 1))
+        metrics = model.pretext_metrics(batch.to(device), generator)
+        for key, value in metrics.items():
+            totals[key] = totals.get(key, 0.0) + value * len(batch)
+    return {key: value / len(frame_ids) for key, value in totals.items()}
 
 
 def pretrain(params: dict, run: PretrainRun) -> None:
-    settings = params["pretrain"]
-    generator = seed_everything(settings["seed"], params["execution"]["threads"])
+    settings, execution = params["pretrain"], params["execution"]
+    seed_everything(settings["seed"], execution["threads"])
     index = FrameIndex(index_path(run.dataset))
     split_file = split_path(run.dataset, "pretrain", run.fraction)
     frame_ids = read_split(split_file, set(index.frames))
+    val_ids = index.ids("val")
+    if not val_ids:
+        raise ValueError(f"{index.path}: no 'val' frames to measure the pretext task on")
 
     backbone = SparseBackbone.from_params(params, run.backbone)
-    method = METHODS[run.method](backbone, settings["methods"][run.method])
-    optimizer = torch.optim.AdamW(
-        [*backbone.parameters(), *method.parameters()], lr=settings["lr"], weight_decay=settings["weight_decay"]
-    )
-    batch_size = settings["batch_size"]
-    max_points = params["voxelization"]["max_points"]
+    context = RunContext(index, tuple(frame_ids), run.directory)
+    method = METHODS[run.method](backbone, settings["methods"][run.method], context)
+    needs = check_needs(method.needs, f"method {run.method}")
+    model = PretrainModel(backbone, method)
+    dataset = FrameDataset(index, frame_ids, settings["seed"], shuffle=True,
+                           augmentation=GlobalAugmentation.from_dict(params["augmentation"]),
+                           max_points=params["voxelization"]["max_points"])
+    config = TrainConfig.from_settings(settings, settings["seed"], settings["epochs"])
     digest = hparams_digest(params, *PRETRAIN_SECTIONS)
-    augmentation = GlobalAugmentation.from_dict(params["augmentation"])
-
-    def run_epoch(epoch: int) -> dict[str, float]:
-        backbone.train()
-        method.train()
-        order = epoch_order(frame_ids, settings["seed"], epoch)
-        data_rng = np.random.default_rng([settings["seed"], epoch, 1])
-        sums: dict[str, float] = {}
-        steps = math.ceil(len(order) / batch_size)
-        bar = progress(range(steps), desc=f"{run.method} epoch {epoch + 1}/{settings['epochs']}")
-        for step in bar:
-            batch = training_batch(index, order[step * batch_size:(step + 1) * batch_size],
-                                   augmentation, max_points, data_rng)
-            voxels = voxelize(batch.points, batch.intensity, backbone.grid)
-            loss, logs = method.loss(backbone(voxels, with_bev=method.needs_bev), batch, voxels, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for key, value in {"loss": loss.item(), **logs}.items():
-                sums[key] = sums.get(key, 0.0) + value
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        return {key: value / steps for key, value in sums.items()}
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    device = resolve_device(execution["device"], int(os.environ.get("LOCAL_RANK", "0")))
 
     started = time.perf_counter()
-    state_path = run.directory / "train_state.pt"
-    history = run_epochs(state_path, digest, settings["epochs"],
-                         {"backbone": backbone, "method": method, "optimizer": optimizer}, generator, run_epoch)
+    pretext_init = pretext_metrics(model.to(device), index, val_ids, config.batch_size, settings["seed"], device) \
+        if main_rank else {}
+    result = fit(model, dataset, needs, config, execution, run.directory, digest, desc=run.method)
+    if not main_rank:
+        return
+    pretext_final = pretext_metrics(model, index, val_ids, config.batch_size, settings["seed"], device)
+    trained = sorted(name.removeprefix("backbone.") for name in result.trained_parameters
+                     if name.startswith("backbone."))
     meta = {
         "run": {"backbone": run.backbone, "dataset": run.dataset, "method": run.method, "fraction": run.fraction},
         "backbone_spec": params["backbones"][run.backbone],
         "voxelization": params["voxelization"],
         "hparams_digest": digest,
         "split": {"file": str(split_file), "sha256": sha256_file(split_file), "frames": len(frame_ids)},
-        "history": history,
+        "pretext": {"val_frames": len(val_ids), "init": pretext_init, "final": pretext_final},
+        "history": result.history,
+        "steps": result.steps,
+        "resumed_from": result.resumed_from,
+        "step_seconds": result.step_seconds,
         "wall_seconds": time.perf_counter() - started,
         **environment(),
     }
-    save_checkpoint(run.checkpoint, backbone, meta)
+    save_checkpoint(run.checkpoint, backbone.cpu(), meta, trained)
     write_json(run.directory / "run_meta.json", meta)
-    state_path.unlink(missing_ok=True)
+    (run.directory / "train_state.pt").unlink(missing_ok=True)

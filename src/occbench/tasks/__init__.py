@@ -1,4 +1,4 @@
-"""Downstream tasks: a dict from name to task class (``execute()`` runs one fine-tuning run)."""
+"""Downstream tasks: a dict from name to task class (head, loss, evaluator, main metric); tasks/job.py runs them."""
 
 from occbench.tasks.segmentation import SegmentationTask
 

@@ -1,0 +1,120 @@
+"""Frames of a split as a torch DataLoader: reading, augmentation and subsampling in worker processes.
+
+Every random draw of a training sample comes from a generator seeded by
+(seed, epoch, position in the epoch), never from a worker's or a rank's own
+stream, so the batches are the same with 0 or 8 workers, on 1 or 4 ranks, and
+after a resume in the middle of an epoch.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from occbench.data.augment import GlobalAugmentation
+from occbench.data.batch import collate, subsample
+from occbench.data.dataset import FrameIndex
+from occbench.data.frame import Frame
+
+FrameTransform = Callable[[Frame, np.random.Generator], Frame]
+
+
+def epoch_order(items: Sequence[str], seed: int, epoch: int) -> list[str]:
+    """Frame order of one epoch: a function of (seed, epoch) alone, so resuming keeps it."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(items))
+    return [items[i] for i in order]
+
+
+class FrameDataset(Dataset):
+    """The frames of one split. Items are keyed (epoch, position) so that a key fixes the sample.
+
+    Training (``shuffle``): position p of epoch e is frame ``epoch_order(ids, seed, e)[p]``,
+    augmented, passed through ``transforms`` (e.g. beam re-sampling) and subsampled to
+    ``max_points`` with a generator seeded by (seed, e, p). Evaluation: frames in their
+    order, untouched.
+    """
+
+    def __init__(self, index: FrameIndex, frame_ids: Sequence[str], seed: int, *, shuffle: bool,
+                 augmentation: GlobalAugmentation | None = None, max_points: int | None = None,
+                 transforms: Sequence[FrameTransform] = ()):
+        if not frame_ids:
+            raise ValueError(f"{index.path}: no frames to load")
+        self.index, self.frame_ids, self.seed, self.shuffle = index, list(frame_ids), seed, shuffle
+        self.augmentation, self.max_points, self.transforms = augmentation, max_points, tuple(transforms)
+        self._orders: dict[int, list[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self.frame_ids)
+
+    def order(self, epoch: int) -> list[str]:
+        if not self.shuffle:
+            return self.frame_ids
+        if epoch not in self._orders:
+            self._orders = {epoch: epoch_order(self.frame_ids, self.seed, epoch)}
+        return self._orders[epoch]
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[str, Frame]:
+        epoch, position = key
+        frame_id = self.order(epoch)[position]
+        frame = self.index.load(frame_id)
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, epoch, position])
+            if self.augmentation is not None:
+                frame = self.augmentation(frame, rng)
+            for transform in self.transforms:
+                frame = transform(frame, rng)
+            if self.max_points is not None:
+                frame = subsample(frame, self.max_points, rng)
+        return frame_id, frame
+
+
+class StepSampler(Sampler):
+    """Keys (epoch, position) of each step from ``start_step`` on; a rank takes every world-th frame.
+
+    Step s holds positions [s * batch_size, (s + 1) * batch_size) of the epoch; rank r
+    of W takes the positions r, r + W, ... of it, so the ranks together see exactly the
+    global batch one process would.
+    """
+
+    def __init__(self, num_frames: int, batch_size: int, epoch: int, start_step: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        self.num_frames, self.batch_size, self.epoch = num_frames, batch_size, epoch
+        self.start_step, self.rank, self.world_size = start_step, rank, world_size
+
+    @staticmethod
+    def steps(num_frames: int, batch_size: int, world_size: int = 1) -> int:
+        """Steps per epoch; with several ranks a last step too small to give each rank a frame is dropped."""
+        steps, rest = divmod(num_frames, batch_size)
+        return steps + (1 if rest >= world_size else 0)
+
+    def __len__(self) -> int:
+        return self.steps(self.num_frames, self.batch_size, self.world_size) - self.start_step
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start_step, self.start_step + len(self)):
+            positions = range(step * self.batch_size, min((step + 1) * self.batch_size, self.num_frames))
+            yield [(self.epoch, p) for p in positions[self.rank::self.world_size]]
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # workers read and augment; the main process owns the cores for the model
+
+
+def frame_loader(dataset: FrameDataset, sampler: Sampler, needs: frozenset[str], workers: int,
+                 pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over ``sampler``'s steps, collating the fields in ``needs``."""
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+                      collate_fn=partial(collate, needs=needs, source=dataset.index.path),
+                      worker_init_fn=_worker_init if workers else None)
+
+
+def evaluation_loader(index: FrameIndex, frame_ids: Sequence[str], batch_size: int, needs: frozenset[str],
+                      workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """Held-out frames in order, whole and unaugmented."""
+    dataset = FrameDataset(index, frame_ids, seed=0, shuffle=False)
+    sampler = StepSampler(len(dataset), batch_size, epoch=0)
+    return frame_loader(dataset, sampler, needs, workers, pin_memory)

@@ -1,0 +1,65 @@
+"""What every downstream task is: a head on the shared backbone, its loss, its evaluation, its main metric.
+
+One generic fine-tuning job (tasks/job.py) drives every task: it builds the
+backbone, loads the pre-trained weights with the loaded-parameter check, trains
+``FinetuneModel`` through the engine and evaluates on the held-out frames.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from occbench.data.batch import Batch
+from occbench.models.backbone import BackboneOutput, SparseBackbone
+from occbench.models.voxelize import VoxelBatch, voxelize
+
+
+class Evaluator:
+    """Accumulates a task's metric over held-out batches."""
+
+    def update(self, output: BackboneOutput, predictions: torch.Tensor, batch: Batch, voxels: VoxelBatch) -> None:
+        raise NotImplementedError
+
+    def result(self) -> dict:
+        raise NotImplementedError
+
+
+class Task(nn.Module):
+    """A task's head(s) on the backbone; the backbone itself stays task-agnostic."""
+
+    needs: frozenset[str] = frozenset()  # optional batch fields (occbench.data.batch.OPTIONAL_FIELDS)
+    needs_bev: bool = False
+    main_metric: str
+
+    def __init__(self, backbone: SparseBackbone, settings: dict):
+        super().__init__()
+        self.settings = settings
+
+    def forward(self, output: BackboneOutput) -> torch.Tensor:
+        """The head's predictions."""
+        raise NotImplementedError
+
+    def loss(self, predictions: torch.Tensor, output: BackboneOutput, batch: Batch,
+             voxels: VoxelBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def evaluator(self) -> Evaluator:
+        raise NotImplementedError
+
+
+class FinetuneModel(nn.Module):
+    """Backbone + task head as one module, the unit the engine trains."""
+
+    def __init__(self, backbone: SparseBackbone, task: Task):
+        super().__init__()
+        self.backbone, self.task = backbone, task
+
+    def run(self, batch: Batch) -> tuple[BackboneOutput, torch.Tensor, VoxelBatch]:
+        voxels = voxelize(batch.points, batch.intensity, self.backbone.grid)
+        output = self.backbone(voxels, with_bev=self.task.needs_bev)
+        return output, self.task(output), voxels
+
+    def forward(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        output, predictions, voxels = self.run(batch)
+        return self.task.loss(predictions, output, batch, voxels)

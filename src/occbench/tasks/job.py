@@ -1,0 +1,111 @@
+"""One fine-tuning run of any task: pre-trained (or random) backbone + task head, trained through ``fit``."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from occbench.data.augment import GlobalAugmentation
+from occbench.data.batch import check_needs
+from occbench.data.dataset import FrameIndex
+from occbench.data.loader import FrameDataset, evaluation_loader
+from occbench.data.splits import read_split
+from occbench.io import sha256_file, sha256_json, write_json
+from occbench.models.backbone import SparseBackbone
+from occbench.models.checkpoint import load_backbone, read_checkpoint
+from occbench.progress import progress
+from occbench.provenance import environment
+from occbench.tasks import TASKS
+from occbench.tasks.base import FinetuneModel
+from occbench.training import TrainConfig, fit, save_torch, seed_everything
+from occbench.training.loop import STATE_FILE, resolve_device
+from occbench.workflow.grid import FINETUNE_SECTIONS, FinetuneRun, hparams_digest, index_path, split_path
+
+
+def epochs_for(schedule: list[dict], label_fraction: float) -> int:
+    """Fewer labels, more epochs: the first schedule entry covering the fraction."""
+    for entry in sorted(schedule, key=lambda e: e["up_to_label_fraction"]):
+        if label_fraction <= entry["up_to_label_fraction"]:
+            return entry["epochs"]
+    raise ValueError(f"no epoch schedule entry covers label fraction {label_fraction}")
+
+
+def load_pretrained(backbone: SparseBackbone, run: FinetuneRun, min_fraction: float) -> dict | None:
+    """The pre-trained weights of the run's source, with the loaded-parameter check; None for scratch."""
+    if run.pretrained is None:
+        return None
+    path = run.pretrained.checkpoint
+    report = load_backbone(backbone, read_checkpoint(path)["backbone"], min_fraction, str(path))
+    print(f"loaded {report.loaded_fraction:.1%} of the backbone from {path}")
+    return {"checkpoint": str(path), "sha256": sha256_file(path), **report.as_dict()}
+
+
+@torch.no_grad()
+def evaluate(model: FinetuneModel, index: FrameIndex, frame_ids: list[str], batch_size: int,
+             device: torch.device) -> dict:
+    """The task's metrics over every held-out frame."""
+    model.eval()
+    evaluator = model.task.evaluator()
+    loader = evaluation_loader(index, frame_ids, batch_size, model.task.needs)
+    for batch in progress(loader, desc="evaluate"):
+        batch = batch.to(device)
+        output, predictions, voxels = model.run(batch)
+        evaluator.update(output, predictions, batch, voxels)
+    return evaluator.result()
+
+
+def finetune(params: dict, run: FinetuneRun) -> dict:
+    settings, execution = params["finetune"][run.task], params["execution"]
+    seed_everything(run.seed, execution["threads"])
+    backbone = SparseBackbone.from_params(params, run.backbone)
+    task = TASKS[run.task](backbone, settings)
+    model = FinetuneModel(backbone, task)
+    load_report = load_pretrained(backbone, run, params["finetune"]["min_loaded_fraction"])
+    needs = check_needs(task.needs, f"task {run.task}")
+
+    index = FrameIndex(index_path(run.finetune_dataset))
+    split_file = split_path(run.finetune_dataset, "labels", run.label_fraction)
+    train_ids = read_split(split_file, set(index.frames))
+    val_ids = index.ids("val")
+    if not val_ids:
+        raise ValueError(f"{index.path}: dataset has no 'val' frames to evaluate on")
+    dataset = FrameDataset(index, train_ids, run.seed, shuffle=True,
+                           augmentation=GlobalAugmentation.from_dict(params["augmentation"]),
+                           max_points=params["voxelization"]["max_points"])
+    config = TrainConfig.from_settings(settings, run.seed, epochs_for(settings["epochs"], run.label_fraction))
+    digest = hparams_digest(params, *FINETUNE_SECTIONS)
+
+    started = time.perf_counter()
+    run.directory.mkdir(parents=True, exist_ok=True)
+    result = fit(model, dataset, needs, config, execution, run.directory, digest, desc=run.task)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return {}
+    train_seconds = time.perf_counter() - started
+    device = resolve_device(execution["device"], int(os.environ.get("LOCAL_RANK", "0")))
+    metrics = evaluate(model, index, val_ids, config.batch_size, device)
+    save_torch(model.state_dict(), run.directory / "model.pt")
+    write_json(run.directory / "run_meta.json", {
+        "run": run.coordinates(),
+        "seed": run.seed,
+        "epochs": config.epochs,
+        "main_metric": task.main_metric,
+        "hparams_digest": digest,
+        "params_sha256": sha256_json(params),
+        "splits": {
+            "labels": {"file": str(split_file), "sha256": sha256_file(split_file), "frames": len(train_ids)},
+            "val": {"sha256": sha256_json(val_ids), "frames": len(val_ids)},
+        },
+        "pretrained": load_report,
+        "history": result.history,
+        "steps": result.steps,
+        "resumed_from": result.resumed_from,
+        "step_seconds": result.step_seconds,
+        "train_seconds": train_seconds,
+        "eval_seconds": time.perf_counter() - started - train_seconds,
+        **environment(),
+    })
+    write_json(run.metrics, metrics)
+    (run.directory / STATE_FILE).unlink(missing_ok=True)
+    return metrics

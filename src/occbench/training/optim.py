@@ -1,0 +1,45 @@
+"""Optimizers and learning-rate schedules named in params.yaml, sized from the real number of steps."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+OPTIMIZERS = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+}
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+
+def build_optimizer(parameters: Iterable[torch.nn.Parameter], settings: dict) -> torch.optim.Optimizer:
+    """settings: {name, lr, weight_decay}."""
+    return OPTIMIZERS[settings["name"]](parameters, lr=settings["lr"], weight_decay=settings["weight_decay"])
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, settings: dict,
+                   total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """settings: {name, warmup_fraction}; stepped once per optimizer step, ``total_steps`` in all.
+
+    onecycle: warm-up to lr over warmup_fraction of the steps, then cosine annealing to
+    lr / 1e4 (OneCycleLR, its pct_start). cosine and constant: a linear warm-up from
+    lr / 10 over warmup_fraction of the steps (none at 0), then cosine to 0 or flat.
+    """
+    name, warmup = settings["name"], settings["warmup_fraction"]
+    lr = optimizer.param_groups[0]["lr"]
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=total_steps,
+                                                   pct_start=max(warmup, 1.0 / total_steps))
+    warmup_steps = int(round(warmup * total_steps))
+    rest = max(total_steps - warmup_steps, 1)
+    if name == "cosine":
+        main = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=rest)
+    elif name == "constant":
+        main = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    else:
+        raise ValueError(f"unknown schedule {name!r}; known: {list(SCHEDULES)}")
+    if warmup_steps == 0:
+        return main
+    ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup_steps)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup_steps])

@@ -1,0 +1,35 @@
+"""Schedules are sized from the run's real number of steps."""
+
+import pytest
+import torch
+
+from occbench.training.optim import build_optimizer, build_schedule
+
+
+def _lrs(schedule: dict, total: int) -> list[float]:
+    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], {"name": "adamw", "lr": 1.0,
+                                                                        "weight_decay": 0.0})
+    scheduler = build_schedule(optimizer, schedule, total)
+    lrs = []
+    for _ in range(total):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_constant_stays_and_cosine_reaches_zero_at_the_last_step():
+    assert _lrs({"name": "constant", "warmup_fraction": 0.0}, 5) == [1.0] * 5
+    cosine = _lrs({"name": "cosine", "warmup_fraction": 0.0}, 4)
+    assert cosine == pytest.approx([1.0, 0.8535534, 0.5, 0.1464466])
+
+
+def test_warmup_ramps_linearly_from_a_tenth():
+    lrs = _lrs({"name": "constant", "warmup_fraction": 0.4}, 5)  # 2 warm-up steps
+    assert lrs == pytest.approx([0.1, 0.55, 1.0, 1.0, 1.0])
+
+
+def test_onecycle_peaks_after_its_warmup_share_and_ends_near_zero():
+    lrs = _lrs({"name": "onecycle", "warmup_fraction": 0.3}, 100)
+    assert max(lrs) == pytest.approx(1.0, rel=1e-3) and lrs.index(max(lrs)) in (29, 30)
+    assert lrs[-1] < 1e-3
