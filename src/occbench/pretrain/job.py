@@ -39,6 +39,7 @@ def pretrain(params: dict, run: PretrainRun) -> None:
     max_points = params["voxelization"]["max_points"]
     digest = hparams_digest(params, *PRETRAIN_SECTIONS)
     augmentation = GlobalAugmentation.from_dict(params["augmentation"])
+    trained: set[str] = set()  # backbone parameters the method's loss reached, for the checkpoint
 
     def run_epoch(epoch: int) -> dict[str, float]:
         backbone.train()
@@ -55,6 +56,7 @@ def pretrain(params: dict, run: PretrainRun) -> None:
             loss, logs = method.loss(backbone(voxels, with_bev=method.needs_bev), batch, voxels, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            trained.update(name for name, p in backbone.named_parameters() if p.grad is not None)
             optimizer.step()
             for key, value in {"loss": loss.item(), **logs}.items():
                 sums[key] = sums.get(key, 0.0) + value
@@ -75,6 +77,6 @@ def pretrain(params: dict, run: PretrainRun) -> None:
         "wall_seconds": time.perf_counter() - started,
         **environment(),
     }
-    save_checkpoint(run.checkpoint, backbone, meta)
+    save_checkpoint(run.checkpoint, backbone, meta, trained)
     write_json(run.directory / "run_meta.json", meta)
     state_path.unlink(missing_ok=True)

@@ -64,9 +64,11 @@ class SegmentationTask:
             return model, None
         checkpoint_path = self.run.pretrained.checkpoint
         checkpoint = read_checkpoint(checkpoint_path)
-        report = load_backbone(model.backbone, checkpoint["backbone"],
+        report = load_backbone(model.backbone, checkpoint["backbone"], checkpoint["trained_parameters"],
                                self.params["finetune"]["min_loaded_fraction"], str(checkpoint_path))
-        print(f"loaded {report.loaded_fraction:.1%} of the backbone from {checkpoint_path}")
+        print(f"loaded {report.loaded_fraction:.1%} of the backbone from {checkpoint_path}, "
+              f"{report.pretrained_fraction:.1%} pre-trained; never trained: "
+              f"{', '.join(report.untrained_modules) or 'none'}")
         return model, {"checkpoint": str(checkpoint_path), "sha256": sha256_file(checkpoint_path),
                        **report.as_dict()}
 
