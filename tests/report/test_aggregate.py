@@ -15,7 +15,11 @@ MIOU = {
 }
 
 
-def write_run(root, method, label_fraction, seed, miou, iou=None):
+# What fine-tuning's load report says of ALSO's checkpoint: the BEV neck never trained.
+ALSO_LOAD = {"loaded_fraction": 1.0, "pretrained_fraction": 0.59, "untrained_modules": ["to_bev", "bev_neck"]}
+
+
+def write_run(root, method, label_fraction, seed, miou, iou=None, load=ALSO_LOAD):
     run_dir = root / f"{method}_{label_fraction}_{seed}"
     run_dir.mkdir()
     pretrained = method != "scratch"
@@ -29,7 +33,7 @@ def write_run(root, method, label_fraction, seed, miou, iou=None):
         "label_fraction": label_fraction,
         "seed": seed,
     }
-    (run_dir / "run_meta.json").write_text(json.dumps({"run": run}))
+    (run_dir / "run_meta.json").write_text(json.dumps({"run": run, "pretrained": load if pretrained else None}))
     metrics = {"miou": miou, "accuracy": 0.8, "iou": iou or {"road": 0.9, "pole": None}}
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     return run_dir
@@ -54,6 +58,30 @@ def test_collect_runs_long_format(run_dirs):
     assert row["pretrain_fraction"].tolist() == [1.0] * 3
     scratch = runs[runs["method"] == "scratch"]
     assert scratch["pretrain_dataset"].isna().all() and scratch["pretrain_fraction"].isna().all()
+
+
+def test_collect_runs_reads_what_pretraining_trained(run_dirs):
+    runs = collect_runs(run_dirs)
+    also, scratch = runs[runs["method"] == "also"], runs[runs["method"] == "scratch"]
+    assert set(also["untrained_modules"]) == {"to_bev,bev_neck"}
+    assert also["pretrained_fraction"].tolist() == [0.59] * len(also)
+    assert set(scratch["untrained_modules"]) == {""} and scratch["pretrained_fraction"].isna().all()
+
+
+def test_pretrained_run_without_load_record_is_refused(tmp_path):
+    run_dir = write_run(tmp_path, "also", 0.1, 0, 0.4, load={"loaded_fraction": 1.0})
+    with pytest.raises(ValueError, match=f"{run_dir / 'run_meta.json'}: 'pretrained' must hold pretrained_fraction"):
+        collect_runs([run_dir])
+
+
+def test_summary_carries_what_pretraining_trained_and_refuses_disagreeing_runs(run_dirs, tmp_path):
+    summary = summarise(collect_runs(run_dirs))
+    also, scratch = summary[summary["method"] == "also"], summary[summary["method"] == "scratch"]
+    assert set(also["untrained_modules"]) == {"to_bev,bev_neck"} and set(also["pretrained_fraction"]) == {0.59}
+    assert set(scratch["untrained_modules"]) == {""} and scratch["pretrained_fraction"].isna().all()
+    other = write_run(tmp_path, "also", 0.1, 7, 0.4, load={**ALSO_LOAD, "untrained_modules": []})
+    with pytest.raises(ValueError, match="disagree on what it trained"):
+        summarise(collect_runs([*run_dirs, other]))
 
 
 def test_malformed_or_missing_files_name_the_file(run_dirs):

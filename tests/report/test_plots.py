@@ -10,14 +10,16 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def make_summary(pretrain_fractions):
     """Two seeds of scratch and of ALSO at each pre-training fraction, three label fractions."""
     base = {"task": "segmentation", "backbone": "small", "finetune_dataset": "synthetic", "metric": "miou"}
-    scratch = {"method": "scratch", "pretrain_dataset": None, "pretrain_fraction": None}
+    scratch = {"method": "scratch", "pretrain_dataset": None, "pretrain_fraction": None,
+               "pretrained_fraction": None, "untrained_modules": ""}
     rows = []
     for label_fraction in (0.01, 0.1, 1.0):
         for seed in (0, 1):
             run = {**base, "label_fraction": label_fraction, "seed": seed}
             rows.append({**run, **scratch, "value": 0.3 + 0.1 * label_fraction + 0.01 * seed})
             for fraction in pretrain_fractions:
-                also = {"method": "also", "pretrain_dataset": "synthetic", "pretrain_fraction": fraction}
+                also = {"method": "also", "pretrain_dataset": "synthetic", "pretrain_fraction": fraction,
+                        "pretrained_fraction": 0.59, "untrained_modules": "to_bev,bev_neck"}
                 value = 0.35 + 0.1 * label_fraction + 0.05 * fraction + 0.02 * seed
                 rows.append({**run, **also, "value": value})
     return summarise(pd.DataFrame(rows))

@@ -17,10 +17,15 @@ MIOU = {
 }
 
 
-def make_summary(miou=MIOU):
+# method -> (untrained modules, pre-trained fraction) of its checkpoint; fully trained by default.
+FULLY_TRAINED = ("", 1.0)
+
+
+def make_summary(miou=MIOU, trained=None):
     rows = []
     for (method, label_fraction), values in miou.items():
         pretrained = method != "scratch"
+        untrained, fraction = (trained or {}).get(method, FULLY_TRAINED) if pretrained else ("", None)
         for seed, value in enumerate(values):
             rows.append(
                 {
@@ -32,6 +37,8 @@ def make_summary(miou=MIOU):
                     "finetune_dataset": "synthetic",
                     "label_fraction": label_fraction,
                     "seed": seed,
+                    "pretrained_fraction": fraction,
+                    "untrained_modules": untrained,
                     "metric": "miou",
                     "value": value,
                 }
@@ -96,6 +103,58 @@ def test_csv_holds_raw_numbers(tables):
     assert int(also_full["n_seeds"]) == 2
     assert also_full["pretrain_fraction"] == "1.0"
     assert rows[0]["pretrain_dataset"] == "" and rows[4]["ci95"] == ""
+
+
+BEV_NOTE = "BEV neck (to_bev, bev_neck) not pre-trained: 41.0 % of the backbone starts from random init"
+
+
+def write_marked(tmp_path, trained, summary_via_csv=False):
+    summary = make_summary(trained=trained)
+    if summary_via_csv:  # as ``occbench report`` reads it back: "" becomes NaN
+        summary.to_csv(tmp_path / "summary.csv", index=False)
+        summary = pd.read_csv(tmp_path / "summary.csv")
+    paths = write_tables(summary, MAIN_METRICS, tmp_path, method_order=["also", "occ"])
+    return {path.suffix: path.read_text() for path in paths}
+
+
+def test_no_marker_when_every_module_was_trained(tables):
+    for path in tables.values():
+        assert "†" not in path.read_text() and "textdagger" not in path.read_text()
+    assert "Marked" not in tables[".md"].read_text()
+
+
+@pytest.mark.parametrize("summary_via_csv", [False, True])
+def test_source_with_untrained_bev_neck_is_marked(tmp_path, summary_via_csv):
+    """ALSO never trained the BEV neck (59 % pre-trained); occ trained everything."""
+    text = write_marked(tmp_path, {"also": ("to_bev,bev_neck", 0.59)}, summary_via_csv)
+    lines = text[".md"].splitlines()
+    assert lines[0].endswith(
+        "Marked sources left backbone modules untrained in pre-training (no gradient reached them). "
+        f"† {BEV_NOTE}."
+    )
+    assert lines[5].startswith("| also (synthetic, 100 %) † | 42.0 ± 25.4 (+10.0) |")
+    assert lines[4].startswith("| scratch |") and lines[6].startswith("| occ (synthetic, 100 %) |")
+    assert text[".md"].count("†") == 2  # the row and its legend entry
+    assert r"also (synthetic, 100 \%) \textdagger{} & 42.0" in text[".tex"]
+    assert r"\textdagger{} BEV neck (to\_bev, bev\_neck) not pre-trained: 41.0 \% of the backbone" in text[".tex"]
+    rows = list(csv.DictReader(text[".csv"].splitlines()))
+    assert [row["row"] for row in rows if row["method"] == "also"] == ["also (synthetic, 100 %) †"] * 2
+    assert {(row["untrained_modules"], row["pretrained_fraction"]) for row in rows if row["method"] == "also"} == {
+        ("to_bev,bev_neck", "0.59")
+    }
+    assert all("†" not in row["row"] for row in rows if row["method"] != "also")
+
+
+def test_distinct_untrained_parts_get_distinct_markers(tmp_path):
+    """A source that never trained the decoder: †† with its own share, unnamed modules listed as they are."""
+    text = write_marked(tmp_path, {"also": ("to_bev,bev_neck", 0.59), "occ": ("up2,fuse1,up1,fuse0,stem", 0.75)})
+    lines = text[".md"].splitlines()
+    assert lines[0].endswith(
+        f"† {BEV_NOTE}. †† decoder (up2, fuse1, up1, fuse0) and stem not pre-trained: "
+        "25.0 % of the backbone starts from random init."
+    )
+    assert lines[5].startswith("| also (synthetic, 100 %) † |")
+    assert lines[6].startswith("| occ (synthetic, 100 %) †† |")
 
 
 def test_cell_format_edge_cases():

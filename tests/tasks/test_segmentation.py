@@ -55,6 +55,10 @@ def test_run_meta_records_provenance_and_loaded_fraction(workdir):
                            "pretrain_dataset": "synthetic", "pretrain_fraction": 1.0,
                            "finetune_dataset": "synthetic", "label_fraction": 0.5, "seed": 0}
     assert meta["pretrained"]["loaded_fraction"] == 1.0
+    # ALSO's loss never reaches the BEV neck: to_bev 64·64·3 + 2·64 and bev_neck (64·6)·64·9 + 2·64
+    # = 233728 of the small backbone's 581664 parameter values stay at their random init.
+    assert meta["pretrained"]["untrained_modules"] == ["to_bev", "bev_neck"]
+    assert meta["pretrained"]["pretrained_fraction"] == pytest.approx(1 - 233728 / 581664)
     assert len(meta["splits"]["labels"]["sha256"]) == 64 and meta["splits"]["labels"]["frames"] == 2
     assert meta["versions"]["torch"].startswith("2.13")
     assert {"git_sha", "host", "params_sha256", "seed"} <= set(meta)
@@ -75,7 +79,8 @@ def test_checkpoint_of_another_backbone_is_refused(workdir, capsys):
     checkpoint = "results/pretrain/small/synthetic/also/pt_1/checkpoint.pt"
     shutil.copy(checkpoint, "good.pt")
     try:
-        save_checkpoint(checkpoint, SparseBackbone.from_params(smoke_params(), "base"), {}, [])
+        base = SparseBackbone.from_params(smoke_params(), "base")
+        save_checkpoint(checkpoint, base, {}, {name for name, _ in base.named_parameters()})
         assert _finetune("also-synthetic-pt_1", 3) == 2
         assert f"{checkpoint}: only 0.0% of the backbone's parameters" in capsys.readouterr().err
         assert not os.path.exists(f"{_run_dir('also-synthetic-pt_1', 3)}/metrics.json")

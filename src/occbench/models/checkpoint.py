@@ -2,9 +2,21 @@
 
 Peers load pre-trained weights with strict=False and only log what did not
 match, so a renamed or resized backbone quietly fine-tunes from scratch.
-occbench counts the share of the backbone's parameters (by number of values)
-that the checkpoint really provides with the right shape, and refuses to go on
+occbench counts the share of the backbone's state (by number of values) that
+the checkpoint really provides with the right shape, and refuses to go on
 below a threshold.
+
+Loaded is not pre-trained: a method whose loss never reaches a module (ALSO
+and the BEV neck) saves that module at its random init. A checkpoint therefore
+records which parameters received gradients during pre-training, and loading
+reports the share of the backbone that was really pre-trained and the
+top-level modules that were loaded but never trained.
+
+What counts as state: parameters and floating-point buffers (BatchNorm
+running mean and variance). Integer buffers (BatchNorm ``num_batches_tracked``)
+are loaded when present and listed when missing, but do not count: one scalar
+per BatchNorm layer, a batch counter rather than something the network
+computes with (with a momentum set, it never enters the forward pass).
 """
 
 from __future__ import annotations
@@ -12,14 +24,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import torch
 from torch import nn
 
 from occbench.training import save_torch
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: records the parameters pre-training trained
 
 
 class CheckpointMismatchError(ValueError):
@@ -28,7 +40,10 @@ class CheckpointMismatchError(ValueError):
 
 @dataclass
 class LoadReport:
-    loaded_fraction: float  # share of backbone values taken from the checkpoint
+    loaded_fraction: float  # share of the counted state values taken from the checkpoint
+    pretrained_fraction: float  # share of parameter values loaded and trained in pre-training
+    untrained_modules: list[str] = field(default_factory=list)  # top-level, loaded, no parameter trained
+    untrained_parameters: list[str] = field(default_factory=list)  # loaded but never trained
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     shape_mismatch: list[str] = field(default_factory=list)
@@ -36,6 +51,9 @@ class LoadReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "loaded_fraction": self.loaded_fraction,
+            "pretrained_fraction": self.pretrained_fraction,
+            "untrained_modules": self.untrained_modules,
+            "untrained_parameters": self.untrained_parameters,
             "missing": self.missing,
             "unexpected": self.unexpected,
             "shape_mismatch": self.shape_mismatch,
@@ -43,12 +61,25 @@ class LoadReport:
 
 
 def save_checkpoint(path: str | os.PathLike, backbone: nn.Module, meta: dict[str, Any],
-                    trained_parameters: list[str]) -> None:
-    save_torch({"version": CHECKPOINT_VERSION, "backbone": backbone.state_dict(), "meta": meta,
-                "trained_parameters": sorted(trained_parameters)}, path)
+                    trained_parameters: Collection[str]) -> None:
+    """Save the backbone with the names of its parameters that received gradients in pre-training.
+
+    The names must come from ``backbone.named_parameters()``; an empty set means
+    they were collected where no gradient exists (after ``zero_grad``), so it is refused.
+    """
+    names = {name for name, _ in backbone.named_parameters()}
+    unknown = sorted(set(trained_parameters) - names)
+    if unknown:
+        raise ValueError(f"{path}: trained_parameters are not parameters of the backbone, e.g. {unknown[0]!r}")
+    if not trained_parameters:
+        raise ValueError(f"{path}: no backbone parameter is recorded as trained; collect the names of "
+                         "parameters whose .grad is not None after backward(), before zero_grad()")
+    save_torch({"version": CHECKPOINT_VERSION, "backbone": backbone.state_dict(),
+                "trained_parameters": sorted(trained_parameters), "meta": meta}, path)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint's dict; one without the record of trained parameters is refused."""
     path = Path(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -58,33 +89,62 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointMismatchError(f"{path}: cannot read as a checkpoint ({err})") from err
     if not isinstance(checkpoint, dict) or "backbone" not in checkpoint:
         raise CheckpointMismatchError(f"{path}: not an occbench checkpoint (no 'backbone' state dict)")
+    trained = checkpoint.get("trained_parameters")
+    if checkpoint.get("version") != CHECKPOINT_VERSION or not isinstance(trained, list):
+        raise CheckpointMismatchError(
+            f"{path}: checkpoint version {checkpoint.get('version')} does not record which parameters "
+            f"pre-training trained (version {CHECKPOINT_VERSION} does); re-run pre-training"
+        )
     return checkpoint
 
 
-def load_backbone(backbone: nn.Module, state: dict[str, torch.Tensor], min_fraction: float,
-                  source: str) -> LoadReport:
-    """Copy matching tensors of ``state`` into ``backbone``; fail below ``min_fraction``."""
+def load_backbone(backbone: nn.Module, state: dict[str, torch.Tensor], trained: Collection[str],
+                  min_fraction: float, source: str) -> LoadReport:
+    """Copy matching tensors of ``state`` into ``backbone``; fail below ``min_fraction`` loaded.
+
+    ``trained`` names the parameters the checkpoint's pre-training trained
+    (``read_checkpoint(...)["trained_parameters"]``).
+    """
     own = backbone.state_dict()
     matched: dict[str, torch.Tensor] = {}
-    report = LoadReport(0.0)
+    missing, shape_mismatch = [], []
     for name, value in own.items():
         if name not in state:
-            report.missing.append(name)
+            missing.append(name)
         elif state[name].shape != value.shape:
-            report.shape_mismatch.append(name)
+            shape_mismatch.append(name)
         else:
             matched[name] = state[name]
-    report.unexpected = sorted(set(state) - set(own))
-    parameter_names = {name for name, _ in backbone.named_parameters()}
-    total = sum(own[name].numel() for name in parameter_names)
-    loaded = sum(matched[name].numel() for name in parameter_names if name in matched)
-    report.loaded_fraction = loaded / total if total else 0.0
+    was_trained = set(trained)
+    counted = [name for name, value in own.items() if value.is_floating_point()]
+    parameters = [name for name, _ in backbone.named_parameters()]
+    untrained = [name for name in parameters if name in matched and name not in was_trained]
+    loaded_by_module: dict[str, list[str]] = {}
+    for name in parameters:
+        if name in matched:
+            loaded_by_module.setdefault(name.split(".")[0], []).append(name)
+
+    def fraction(part: list[str], whole: list[str]) -> float:
+        total = sum(own[name].numel() for name in whole)
+        return sum(own[name].numel() for name in part) / total if total else 0.0
+
+    report = LoadReport(
+        loaded_fraction=fraction([name for name in counted if name in matched], counted),
+        pretrained_fraction=fraction([name for name in parameters if name in matched and name in was_trained],
+                                     parameters),
+        untrained_modules=[module for module, names in loaded_by_module.items()
+                           if not was_trained.intersection(names)],
+        untrained_parameters=untrained,
+        missing=missing,
+        unexpected=sorted(set(state) - set(own)),
+        shape_mismatch=shape_mismatch,
+    )
     if report.loaded_fraction < min_fraction:
         raise CheckpointMismatchError(
-            f"{source}: only {report.loaded_fraction:.1%} of the backbone's parameters match the "
-            f"checkpoint (threshold {min_fraction:.0%}); missing {len(report.missing)}, "
-            f"shape mismatch {len(report.shape_mismatch)} (e.g. "
-            f"{(report.missing + report.shape_mismatch + ['-'])[0]}), unexpected {len(report.unexpected)}"
+            f"{source}: only {report.loaded_fraction:.1%} of the backbone's parameters and BatchNorm "
+            f"statistics match the checkpoint (threshold {min_fraction:.0%}); missing {len(missing)}, "
+            f"shape mismatch {len(shape_mismatch)} (e.g. {(missing + shape_mismatch + ['-'])[0]}), "
+            f"unexpected {len(report.unexpected)}"
         )
     backbone.load_state_dict({**own, **matched})
     return report

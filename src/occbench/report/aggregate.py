@@ -1,11 +1,15 @@
 """From run directories to one summary row per (setting, label fraction, metric).
 
 Every table, plot and the DVC metrics file are views of the frame returned by
-``summarise``, so they can never disagree about a number.
+``summarise``, so they can never disagree about a number. Each row also says
+what its pre-training really trained (``pretrained_fraction``,
+``untrained_modules``, from run_meta.json's "pretrained" load report), so a
+table can mark a source that left part of the backbone at its random init.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -26,6 +30,12 @@ COORDINATES = (
     "label_fraction",
     "seed",
 )
+# What the run's pre-training trained: share of the backbone's parameter values
+# loaded and trained, and the top-level modules never trained, comma-separated in
+# backbone order ("to_bev,bev_neck"; "" for none). NaN and "" for scratch.
+PRETRAINED_COLUMNS = ("pretrained_fraction", "untrained_modules")
+# One pre-training checkpoint loaded into one backbone: every run of it shares what it trained.
+SOURCE_KEYS = ("backbone", "method", "pretrain_dataset", "pretrain_fraction")
 # One summary row: everything but the seed.
 SUMMARY_KEYS = (
     "task",
@@ -62,16 +72,33 @@ def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str
             yield f"{prefix}{name}", value
 
 
+def _pretrained_columns(meta_path: Path, meta: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """A pre-trained run without the record cannot say what it started from, so it is refused."""
+    if method == SCRATCH:
+        return {"pretrained_fraction": math.nan, "untrained_modules": ""}
+    loaded = meta.get("pretrained")
+    if not isinstance(loaded, dict) or not set(PRETRAINED_COLUMNS) <= loaded.keys():
+        raise ValueError(
+            f"{meta_path}: 'pretrained' must hold {', '.join(PRETRAINED_COLUMNS)} (written before checkpoints "
+            "recorded what pre-training trained: re-run pre-training and this fine-tuning)"
+        )
+    return {
+        "pretrained_fraction": float(loaded["pretrained_fraction"]),
+        "untrained_modules": ",".join(loaded["untrained_modules"]),
+    }
+
+
 def _run_rows(run_dir: Path) -> list[dict]:
     meta_path, metrics_path = run_dir / "run_meta.json", run_dir / "metrics.json"
-    run = _read_json_file(meta_path)
-    run = run.get("run") if isinstance(run, dict) else None
+    meta = _read_json_file(meta_path)
+    run = meta.get("run") if isinstance(meta, dict) else None
     if not isinstance(run, dict) or not set(COORDINATES) <= run.keys():
         raise ValueError(f"{meta_path}: 'run' must hold {', '.join(COORDINATES)}")
     metrics = _read_json_file(metrics_path)
     if not isinstance(metrics, dict):
         raise ValueError(f"{metrics_path}: expected a JSON object of metrics")
     coordinates = {key: run[key] for key in COORDINATES}
+    coordinates.update(_pretrained_columns(meta_path, meta, run["method"]))
     rows = []
     for metric, value in _flatten(metrics):
         if value is None:  # an undefined metric (e.g. IoU of an absent class) is no observation
@@ -85,28 +112,34 @@ def _run_rows(run_dir: Path) -> list[dict]:
 def collect_runs(run_dirs: Iterable[Path]) -> pd.DataFrame:
     """Long format, one row per (run, metric); nested metrics are flattened as "iou/road"."""
     rows = [row for run_dir in run_dirs for row in _run_rows(Path(run_dir))]
-    runs = pd.DataFrame(rows, columns=[*COORDINATES, "metric", "value"])
-    return runs.astype({"pretrain_fraction": float, "label_fraction": float, "value": float})
+    runs = pd.DataFrame(rows, columns=[*COORDINATES, *PRETRAINED_COLUMNS, "metric", "value"])
+    return runs.astype({"pretrain_fraction": float, "label_fraction": float, "pretrained_fraction": float,
+                        "value": float})
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean, 95 % t-interval half-width and difference to scratch over seeds.
+    """Mean, 95 % t-interval half-width and difference to scratch over seeds, and what pre-training trained.
 
     Scratch has no pre-training dataset or fraction (NaN), so grouping keeps
-    NaN keys instead of silently dropping every scratch row.
+    NaN keys instead of silently dropping every scratch row. Runs of one
+    pre-training that disagree on what it trained were fine-tuned from
+    different checkpoints and are refused rather than averaged.
     """
     run_keys = [*COORDINATES, "metric"]
     repeated = runs.duplicated(run_keys)
     if repeated.any():
         raise ValueError(f"run collected twice: {runs.loc[repeated, run_keys].iloc[0].to_dict()}")
+    sources = runs[[*SOURCE_KEYS, *PRETRAINED_COLUMNS]].drop_duplicates()
+    disagreeing = sources.duplicated(list(SOURCE_KEYS), keep=False)
+    if disagreeing.any():
+        raise ValueError(f"runs of one pre-training disagree on what it trained: "
+                         f"{sources[disagreeing].to_dict('records')[:2]}")
     records = []
-    grouped = runs.groupby(list(SUMMARY_KEYS), dropna=False, sort=True)["value"]
-    for group_key, values in grouped:
+    group_keys = [*SUMMARY_KEYS, *PRETRAINED_COLUMNS]  # the latter are constant within a group (checked above)
+    for group_key, values in runs.groupby(group_keys, dropna=False, sort=True)["value"]:
         mean, ci95 = mean_ci95(values)
-        records.append(
-            {**dict(zip(SUMMARY_KEYS, group_key)), "n_seeds": len(values), "mean": mean, "ci95": ci95}
-        )
-    summary = pd.DataFrame(records, columns=[*SUMMARY_KEYS, "n_seeds", "mean", "ci95"])
+        records.append({**dict(zip(group_keys, group_key)), "n_seeds": len(values), "mean": mean, "ci95": ci95})
+    summary = pd.DataFrame(records, columns=[*group_keys, "n_seeds", "mean", "ci95"])
     scratch = summary.loc[summary["method"] == SCRATCH, [*SCRATCH_MATCH_KEYS, "mean"]]
     if scratch.duplicated(list(SCRATCH_MATCH_KEYS)).any():
         raise ValueError("several scratch rows for one setting; scratch runs must not name a pre-training")

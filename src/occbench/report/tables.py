@@ -2,6 +2,12 @@
 
 Cells read "mean ± ci95 (delta to scratch)" in percentage points with one
 decimal; the CSV keeps the raw numbers instead of the formatted strings.
+
+A source whose pre-training never trained some backbone modules (ALSO never
+reaches the BEV neck) gets a marker (†, then ††, ... for each distinct case)
+after its row label, and the caption says which modules were not pre-trained
+and what share of the backbone therefore starts fine-tuning from random init:
+otherwise "pre-trained" would claim more than the checkpoint holds.
 """
 
 from __future__ import annotations
@@ -24,6 +30,13 @@ from occbench.report.aggregate import (
 )
 
 MISSING_CELL = "–"
+MARKER = "†"
+# Named parts of the backbone (models/backbone.py), so a caption says "BEV neck" for to_bev + bev_neck.
+BACKBONE_PARTS = {
+    "encoder": ("stem", "down1", "down2"),
+    "decoder": ("up2", "fuse1", "up1", "fuse0"),
+    "BEV neck": ("to_bev", "bev_neck"),
+}
 _LATEX_ESCAPES = {
     "\\": r"\textbackslash{}",
     "&": r"\&",
@@ -37,6 +50,7 @@ _LATEX_ESCAPES = {
     "^": r"\textasciicircum{}",
     "±": r"$\pm$",
     "–": "--",
+    MARKER: r"\textdagger{}",
 }
 CSV_COLUMNS = (
     "row",
@@ -49,6 +63,8 @@ CSV_COLUMNS = (
     "mean",
     "ci95",
     "delta_scratch",
+    "pretrained_fraction",
+    "untrained_modules",
 )
 
 
@@ -72,7 +88,39 @@ def _seed_count_text(table: pd.DataFrame) -> str:
     return f"{low}" if low == high else f"{low}–{high}"
 
 
-def _grid(table: pd.DataFrame, method_order: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+def _untrained_note(record: Mapping) -> str | None:
+    """"BEV neck (to_bev, bev_neck) not pre-trained: 40.2 % of the backbone starts from random init", or None."""
+    modules = record["untrained_modules"]
+    if not isinstance(modules, str) or not modules:  # "" reads back from CSV as NaN
+        return None
+    names = modules.split(",")
+    parts = {part: members for part, members in BACKBONE_PARTS.items() if set(members) <= set(names)}
+    named = {name for members in parts.values() for name in members}
+    described = [f"{part} ({', '.join(members)})" for part, members in parts.items()]
+    described += [name for name in names if name not in named]
+    share = 100 * (1 - record["pretrained_fraction"])
+    return f"{' and '.join(described)} not pre-trained: {share:.1f} % of the backbone starts from random init"
+
+
+def _row_labels(table: pd.DataFrame, method_order: Sequence[str]) -> tuple[dict[tuple, str], list[str]]:
+    """Row key -> label with its marker, and the caption's marker legend entries.
+
+    Every run of a row fine-tunes from one checkpoint (``summarise`` checks it),
+    so the row's first record says what that checkpoint's pre-training trained.
+    """
+    labels: dict[tuple, str] = {}
+    markers: dict[str, str] = {}  # note -> marker, in row order
+    for key, rows in split_rows(table, method_order):
+        note = _untrained_note(rows.iloc[0])
+        labels[key] = row_label(key)
+        if note is not None:
+            markers.setdefault(note, MARKER * (len(markers) + 1))
+            labels[key] += f" {markers[note]}"
+    return labels, [f"{marker} {note}" for note, marker in markers.items()]
+
+
+def _grid(table: pd.DataFrame, method_order: Sequence[str],
+          labels: Mapping[tuple, str]) -> tuple[list[str], list[list[str]]]:
     """Header and body rows of formatted cells, label fractions ascending."""
     fractions = sorted(table["label_fraction"].unique())
     header = ["Method", *(f"{format_percent(f)} %" for f in fractions)]
@@ -80,7 +128,7 @@ def _grid(table: pd.DataFrame, method_order: Sequence[str]) -> tuple[list[str], 
     for key, rows in split_rows(table, method_order):
         by_fraction = {record["label_fraction"]: record for record in rows.to_dict("records")}
         cells = [format_cell(by_fraction[f]) if f in by_fraction else MISSING_CELL for f in fractions]
-        body.append([row_label(key), *cells])
+        body.append([labels[key], *cells])
     return header, body
 
 
@@ -115,9 +163,9 @@ def _latex(caption: str, label: str, header: list[str], body: list[list[str]]) -
     ) + "\n"
 
 
-def _csv(table: pd.DataFrame, method_order: Sequence[str]) -> str:
+def _csv(table: pd.DataFrame, method_order: Sequence[str], labels: Mapping[tuple, str]) -> str:
     parts = [
-        rows.sort_values("label_fraction").assign(row=row_label(key))
+        rows.sort_values("label_fraction").assign(row=labels[key])
         for key, rows in split_rows(table, method_order)
     ]
     return pd.concat(parts)[list(CSV_COLUMNS)].to_csv(index=False, lineterminator="\n")
@@ -139,12 +187,16 @@ def write_tables(
             f"backbone {backbone}: mean ± half-width of the 95 % t-interval over "
             f"{_seed_count_text(table)} seeds; (difference to scratch) in percentage points."
         )
-        header, body = _grid(table, method_order)
+        labels, legend = _row_labels(table, method_order)
+        if legend:
+            caption += (" Marked sources left backbone modules untrained in pre-training (no gradient reached "
+                        f"them). {'. '.join(legend)}.")
+        header, body = _grid(table, method_order, labels)
         stem = f"{task}_{dataset}_{backbone}"
         contents = {
             "md": _markdown(caption, header, body),
             "tex": _latex(caption, stem, header, body),
-            "csv": _csv(table, method_order),
+            "csv": _csv(table, method_order, labels),
         }
         for suffix, text in contents.items():
             path = Path(out_dir) / f"{stem}.{suffix}"

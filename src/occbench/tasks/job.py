@@ -37,8 +37,10 @@ def load_pretrained(backbone: SparseBackbone, run: FinetuneRun, min_fraction: fl
     if run.pretrained is None:
         return None
     path = run.pretrained.checkpoint
-    report = load_backbone(backbone, read_checkpoint(path)["backbone"], min_fraction, str(path))
-    print(f"loaded {report.loaded_fraction:.1%} of the backbone from {path}")
+    checkpoint = read_checkpoint(path)
+    report = load_backbone(backbone, checkpoint["backbone"], checkpoint["trained_parameters"], min_fraction, str(path))
+    print(f"loaded {report.loaded_fraction:.1%} of the backbone from {path}, {report.pretrained_fraction:.1%} "
+          f"pre-trained; never trained: {', '.join(report.untrained_modules) or 'none'}")
     return {"checkpoint": str(path), "sha256": sha256_file(path), **report.as_dict()}
 
 
