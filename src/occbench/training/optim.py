@@ -9,12 +9,13 @@ import torch
 OPTIMIZERS = {
     "adamw": torch.optim.AdamW,
     "adam": torch.optim.Adam,
+    "sgd": lambda parameters, **kwargs: torch.optim.SGD(parameters, momentum=0.9, **kwargs),  # MinkUNet's
 }
 SCHEDULES = ("onecycle", "cosine", "constant")
 
 
 def build_optimizer(parameters: Iterable[torch.nn.Parameter], settings: dict) -> torch.optim.Optimizer:
-    """settings: {name, lr, weight_decay}."""
+    """settings: {name, lr, weight_decay}; sgd has Nesterov-free momentum 0.9."""
     return OPTIMIZERS[settings["name"]](parameters, lr=settings["lr"], weight_decay=settings["weight_decay"])
 
 
