@@ -27,6 +27,14 @@ def test_repro_then_param_change_shows_changed_cells(project_copy):
     assert tables == ["segmentation_synthetic_small.csv", "segmentation_synthetic_small.md",
                       "segmentation_synthetic_small.tex"]
     assert (project_copy / "reports" / "figures" / "label_efficiency_segmentation_synthetic_small.png").exists()
+    # dvc plots show renders the loss curve of the pre-training and of every fine-tuning run
+    plots = json.loads(_run(project_copy, "dvc", "plots", "show", "--json"))["data"]
+    step_curves = {Path(name).name for name in plots if "reports/curves/steps/" in name}
+    assert "pretrain-small-synthetic-also-pt_1.tsv" in step_curves
+    assert "finetune-segmentation-synthetic-small-scratch-labels_0.5-seed_0.tsv" in step_curves
+    assert len(step_curves) == 1 + 2 * 2 * 2  # ALSO's pre-training; 2 sources x 2 label fractions x 2 seeds
+    rendered = plots["reports/curves/epochs/pretrain-small-synthetic-also-pt_1.tsv"][0]["content"]
+    assert rendered["encoding"]["x"]["field"] == "epoch" and rendered["data"]["values"][0]["loss"]
     _run(project_copy, "git", "add", "-A")
     _run(project_copy, "git", "commit", "-qm", "first results")
     assert "Data and pipelines are up to date" in _run(project_copy, "dvc", "repro")

@@ -6,6 +6,7 @@ rule aggregate:
         [str(run.metrics) for run in GRID.finetune_runs],
     output:
         metrics="reports/metrics.json",
+        curves=directory("reports/curves"),
         summary="reports/summary.csv",
         runs="reports/runs.csv",
     log:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from occbench.io import write_json, write_text
 from occbench.report.aggregate import collect_runs, dvc_metrics, summarise
+from occbench.report.curves import collect_curves
 from occbench.report.plots import plot_label_efficiency, plot_pretrain_scaling
 from occbench.report.tables import write_tables
 from occbench.tasks import TASKS
@@ -29,6 +30,7 @@ def aggregate(grid: Grid, out_dir: Path) -> None:
     write_text(out_dir / "runs.csv", runs.to_csv(index=False))
     write_text(out_dir / "summary.csv", summary.to_csv(index=False))
     write_json(out_dir / "metrics.json", dvc_metrics(summary, MAIN_METRICS))
+    collect_curves(grid, out_dir)
 
 
 def report(grid: Grid, out_dir: Path) -> None:

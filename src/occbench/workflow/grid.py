@@ -18,6 +18,7 @@ SCRATCH = "scratch"  # the one method without a pre-training job
 OWN_ENVIRONMENT_KINDS = ("waymo",)
 
 REPORTS = Path("reports")
+RESULTS = Path("results")
 
 # The layout of results/, as Snakemake wildcard patterns; paths below fill them in.
 PATTERNS = {
