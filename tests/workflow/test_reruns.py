@@ -9,6 +9,7 @@ each test then costs one dry run (`snakemake -n`) on a copy of that project.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -21,7 +22,8 @@ import pytest
 import yaml
 
 from conftest import copy_project
-from occbench.workflow.grid import Grid, index_path, split_path
+from occbench.config import load_params
+from occbench.workflow.grid import Grid, index_path, pretrain_digest, split_path
 
 pytestmark = pytest.mark.slow
 
@@ -85,10 +87,16 @@ def grid_of(project: Path) -> Grid:
     return Grid(yaml.safe_load((project / "params.yaml").read_text()))
 
 
-def test_touch_recorded_each_jobs_digest(project):
-    """The stand-ins carry the metadata a real run leaves: params digest and shell command."""
-    record = json.loads(next((project / ".snakemake" / "metadata").glob("cmVzdWx0cy9wcmV0cmFpbi*")).read_text())
-    assert record["rule"] == "pretrain" and len(record["params"]) == 1
+def test_touch_recorded_each_jobs_digest_as_the_job_computes_it(project):
+    """The stand-ins carry the metadata a real run leaves (params digest, shell command),
+    and the digest Snakemake computed from its config is the one a job computes from
+    the params files it reads (occbench's loader, not Snakemake's)."""
+    params = load_params(project / "params.yaml")
+    run = grid_of(project).pretrain_runs[0]
+    key = base64.b64encode(str(run.checkpoint).encode()).decode()
+    record = json.loads((project / ".snakemake" / "metadata" / key).read_text())
+    assert record["rule"] == "pretrain"
+    assert record["params"] == [repr(pretrain_digest(params, run))]
     assert "params.yaml" not in record["shellcmd"]
 
 
@@ -133,6 +141,8 @@ def test_code_changes_rerun_nothing_and_forcerun_reruns_a_rule_and_its_dependent
     rule_file.write_text(rule_file.read_text().replace(" > {log} 2>&1", " >{log} 2>&1"))  # the `code` trigger's text
     assert planned(project) == {}
     grid = grid_of(project)
+    # The policy is the workflow profile's: Snakemake's default triggers see the rule's text.
+    assert planned(project, "--workflow-profile", "none")["finetune"] == {str(run.metrics) for run in grid.finetune_runs}
     jobs = planned(project, "runs", "--forcerun", "pretrain")  # as the README says
     assert set(jobs) == {"pretrain", "finetune", "runs"}
     assert jobs["pretrain"] == {str(run.checkpoint) for run in grid.pretrain_runs}
