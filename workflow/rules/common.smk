@@ -1,5 +1,5 @@
-# Helpers shared by the rules: the occbench command, its environment, input functions,
-# and each job's digest.
+# Helpers shared by the rules: the conda environment, input functions, and the run
+# a job's wildcards name (whose digest is the job's params.hparams).
 #
 # A job's command line names no params file (they come from $OCCBENCH_PARAMS, see the
 # Snakefile) and its `params.hparams` is the digest of exactly the params values it
