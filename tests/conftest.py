@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 pytest_plugins = ["model_fixtures"]
 
 # What Snakemake (rules' conda: directives included) and DVC read in a copy.
-PROJECT_FILES = ("Snakefile", "workflow", "src", "environment.yml", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore")
+PROJECT_FILES = ("Snakefile", "workflow", "profiles", "src", "environment.yml", "dvc.yaml", ".dvc/config", ".dvcignore",
+                 ".gitignore")
 
 
 @pytest.fixture(scope="session")
@@ -40,24 +41,23 @@ def slurm_cluster() -> Iterator[local_slurm.Cluster]:
         local_slurm.stop()
 
 
-@pytest.fixture
-def project_copy(tmp_path: Path) -> Path:
-    """A fresh copy of the workflow whose params.yaml is the smoke grid, committed to git for DVC."""
+def copy_project(dest: Path) -> Path:
+    """Copy the workflow to ``dest`` with the smoke grid as its params.yaml, committed to git for DVC."""
     from occbench.config import load_params  # here, so a broken package only fails these tests
 
     for name in PROJECT_FILES:
         path = ROOT / name
         if path.is_dir():
-            shutil.copytree(path, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            shutil.copytree(path, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         elif path.is_file():
-            (tmp_path / name).parent.mkdir(exist_ok=True)
-            shutil.copy2(path, tmp_path / name)
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dest / name)
         else:
             pytest.fail(f"project file missing: {path}")
     # .test/params.yaml is an overlay on params.yaml; the copy gets the merged grid.
     smoke = load_params(ROOT / "params.yaml", ROOT / ".test" / "params.yaml")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
-    git = ["git", "-C", str(tmp_path)]
+    (dest / "params.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
+    git = ["git", "-C", str(dest)]
     for args in (
         ["init", "-q"],
         ["config", "user.name", "occbench tests"],
@@ -66,4 +66,10 @@ def project_copy(tmp_path: Path) -> Path:
         ["commit", "-q", "-m", "project copy for tests"],
     ):
         subprocess.run(git + args, check=True)
-    return tmp_path
+    return dest
+
+
+@pytest.fixture
+def project_copy(tmp_path: Path) -> Path:
+    """A fresh copy of the workflow whose params.yaml is the smoke grid, committed to git for DVC."""
+    return copy_project(tmp_path)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from occbench.config import load_params
 from occbench.preemption import Preempted
-from occbench.workflow.grid import REPORTS, Grid
+from occbench.workflow.grid import PARAMS_ENV, REPORTS, Grid, params_files_from_env
 
 
 def _convert(args, params) -> None:
@@ -74,7 +74,8 @@ def _validate(args, params) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="occbench", description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, action="append",
-                        help="experiment grid and hyperparameters (default: params.yaml); "
+                        help="experiment grid and hyperparameters (default: the files named by "
+                             f"${PARAMS_ENV}, separated by {os.pathsep!r}, else params.yaml); "
                              "repeat to overlay a file on the previous ones, e.g. .test/params.yaml")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started = time.perf_counter()
     try:
-        args.params = args.params or [Path("params.yaml")]
+        args.params = args.params or params_files_from_env() or [Path("params.yaml")]
         params = load_params(*args.params)
         args.handler(args, params)
     except Preempted as stop:  # saved its state: a requeued or retried job resumes it

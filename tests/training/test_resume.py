@@ -9,7 +9,6 @@ written every step, and compares weights bit for bit with an uninterrupted run.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess

@@ -44,13 +44,13 @@ for name, gpus in [("a", 0), ("pretrain", 1), ("finetune", 1)]:
 """
 
 
-def run_through_slurm(workdir: Path, cluster, timeout: float) -> list[dict]:
-    """Run snakemake with the profile; check its jobs against what SLURM saw; return those jobs."""
+def run_through_slurm(workdir: Path, cluster, timeout: float, *args: str) -> list[dict]:
+    """Run snakemake with the profile (and ``args``); check its jobs against what SLURM saw; return those jobs."""
     offset = cluster.slurmctld_log.stat().st_size
     bin_dir = Path(sys.executable).parent  # jobs must find this venv's snakemake and occbench
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(
-        [bin_dir / "snakemake", "--profile", PROFILE, *TEST_FLAGS],
+        [bin_dir / "snakemake", "--profile", PROFILE, *TEST_FLAGS, *args],
         cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
     )
     assert proc.returncode == 0, proc.stdout[-8000:]
@@ -103,3 +103,15 @@ def test_smoke_grid_through_slurm(slurm_cluster, project_copy):
     reports = project_copy / "reports"
     assert json.loads((reports / "metrics.json").read_text())
     assert any((reports / "tables").iterdir()), "no tables under reports/tables"
+
+
+def test_jobs_on_slurm_nodes_read_the_overlays(slurm_cluster, project_copy):
+    """On a node the job's own snakemake gets the --configfiles and hands them to the job
+    through $OCCBENCH_PARAMS (no file name on the command line): the overlay is honoured."""
+    (project_copy / "small.yaml").write_text(
+        "datasets: {synthetic: {num_scenes: 2, frames_per_scene: 1, val_fraction: 0.5, occupancy: null, cameras: []}}\n"
+    )
+    index = "results/data/synthetic/index.json"
+    jobs = run_through_slurm(project_copy, slurm_cluster, 300, index, "--configfile", "small.yaml")
+    assert [job["rule"] for job in jobs] == ["convert"]
+    assert len(json.loads((project_copy / index).read_text())["frames"]) == 2

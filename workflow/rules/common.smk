@@ -1,10 +1,30 @@
-# Helpers shared by the rules: the occbench command, its environment, input functions.
+# Helpers shared by the rules: the conda environment, input functions, and the run
+# a job's wildcards name (whose digest is the job's params.hparams).
+#
+# A job's command line names no params file (they come from $OCCBENCH_PARAMS, see the
+# Snakefile) and its `params.hparams` is the digest of exactly the params values it
+# reads (occbench.workflow.grid): Snakemake's `params` trigger re-runs a job when,
+# and only when, one of those values changes.
 
-from occbench.workflow.grid import FINETUNE_SECTIONS, PATTERNS, PRETRAIN_SECTIONS, hparams_digest
+from occbench.workflow.grid import (
+    PATTERNS,
+    PretrainRun,
+    dataset_digest,
+    finetune_digest,
+    pretrain_digest,
+    split_digest,
+)
 
-OCCBENCH_ARGS = " ".join(f"--params {path}" for path in PARAMS_FILES)
-OCCBENCH = f"occbench {OCCBENCH_ARGS}"
 ENV = "../../environment.yml"  # used with --use-conda; relative to this folder
+
+
+def pretrain_run(wildcards):
+    return PretrainRun(wildcards.backbone, wildcards.dataset, wildcards.method, float(wildcards.fraction))
+
+
+def finetune_run(wildcards):
+    return GRID.finetune_run(wildcards.task, wildcards.backbone, wildcards.dataset, wildcards.source,
+                             float(wildcards.fraction), int(wildcards.seed))
 
 
 def pretrained_checkpoint(wildcards):

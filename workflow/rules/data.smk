@@ -11,8 +11,8 @@ rule convert:
     wildcard_constraints:
         dataset=GRID.dataset_pattern(own_environment=False),
     params:
-        occbench=OCCBENCH,
-        hparams=lambda w: hparams_digest(config["datasets"], w.dataset),
+        occbench="occbench",
+        hparams=lambda w: dataset_digest(config, w.dataset),
     threads: 2
     conda:
         ENV
@@ -21,13 +21,15 @@ rule convert:
 
 
 # Waymo's official tools pin TensorFlow 2.13 and numpy 1.23, so its conversion
-# runs in its own environment (`--sdm conda` builds it), from the source tree.
+# runs in its own environment (`--sdm conda` builds it), from the source tree
+# ($OCCBENCH_SRC, set by the Snakefile: no path in params, so moving the project
+# re-runs nothing).
 use rule convert as convert_waymo with:
     wildcard_constraints:
         dataset=GRID.dataset_pattern(own_environment=True),
     params:
-        occbench=f"PYTHONPATH={workflow.basedir}/src python -m occbench {OCCBENCH_ARGS}",
-        hparams=lambda w: hparams_digest(config["datasets"], w.dataset),
+        occbench='PYTHONPATH="$OCCBENCH_SRC" python -m occbench',
+        hparams=lambda w: dataset_digest(config, w.dataset),
     conda:
         "../envs/waymo.yml"
 
@@ -42,10 +44,9 @@ rule split:
     benchmark:
         "results/benchmarks/split/{dataset}_{subset}_{fraction}.tsv"
     params:
-        occbench=OCCBENCH,
-        hparams=lambda w: hparams_digest(config, "splits"),
+        hparams=lambda w: split_digest(config, w.subset),
     conda:
         ENV
     shell:
-        "{params.occbench} split --dataset {wildcards.dataset} --subset {wildcards.subset}"
+        "occbench split --dataset {wildcards.dataset} --subset {wildcards.subset}"
         " --fraction {wildcards.fraction} > {log} 2>&1"

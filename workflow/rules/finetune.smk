@@ -13,14 +13,13 @@ rule finetune:
     benchmark:
         "results/benchmarks/finetune/{task}_{dataset}_{backbone}_{source}_{fraction}_{seed}.tsv"
     params:
-        occbench=OCCBENCH,
-        hparams=lambda w: hparams_digest(config, *FINETUNE_SECTIONS),
+        hparams=lambda w: finetune_digest(config, finetune_run(w)),
     threads: config["execution"]["threads"]
     resources:
         gpu=1,
     conda:
         ENV
     shell:
-        "{params.occbench} finetune --task {wildcards.task} --backbone {wildcards.backbone}"
+        "occbench finetune --task {wildcards.task} --backbone {wildcards.backbone}"
         " --dataset {wildcards.dataset} --source {wildcards.source}"
         " --label-fraction {wildcards.fraction} --seed {wildcards.seed} > {log} 2>&1"

@@ -12,13 +12,12 @@ rule pretrain:
     benchmark:
         "results/benchmarks/pretrain/{backbone}_{dataset}_{method}_{fraction}.tsv"
     params:
-        occbench=OCCBENCH,
-        hparams=lambda w: hparams_digest(config, *PRETRAIN_SECTIONS),
+        hparams=lambda w: pretrain_digest(config, pretrain_run(w)),
     threads: config["execution"]["threads"]
     resources:
         gpu=1,
     conda:
         ENV
     shell:
-        "{params.occbench} pretrain --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
+        "occbench pretrain --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
         " --method {wildcards.method} --fraction {wildcards.fraction} > {log} 2>&1"

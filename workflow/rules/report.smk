@@ -13,12 +13,10 @@ rule aggregate:
         "results/logs/aggregate.log",
     benchmark:
         "results/benchmarks/aggregate.tsv"
-    params:
-        occbench=OCCBENCH,
     conda:
         ENV
     shell:
-        "{params.occbench} aggregate --out reports > {log} 2>&1"
+        "occbench aggregate --out reports > {log} 2>&1"
 
 
 rule report:
@@ -31,9 +29,7 @@ rule report:
         "results/logs/report.log",
     benchmark:
         "results/benchmarks/report.tsv"
-    params:
-        occbench=OCCBENCH,
     conda:
         ENV
     shell:
-        "{params.occbench} report --out reports > {log} 2>&1"
+        "occbench report --out reports > {log} 2>&1"

@@ -21,7 +21,7 @@ from occbench.pretrain.base import PretrainModel, RunContext
 from occbench.provenance import environment
 from occbench.training import TrainConfig, fit, seed_everything
 from occbench.training.loop import resolve_device
-from occbench.workflow.grid import PRETRAIN_SECTIONS, PretrainRun, hparams_digest, index_path, split_path
+from occbench.workflow.grid import PretrainRun, digest, index_path, pretrain_digest, split_path
 
 PRETEXT_STREAM = 2**32 - 1  # the random stream of held-out pretext metrics, apart from every epoch's
 
@@ -61,14 +61,15 @@ def pretrain(params: dict, run: PretrainRun) -> None:
                            augmentation=GlobalAugmentation.from_dict(params["augmentation"]),
                            max_points=params["voxelization"]["max_points"])
     config = TrainConfig.from_settings(settings, settings["seed"], settings["epochs"])
-    digest = hparams_digest(params, *PRETRAIN_SECTIONS)
+    params_digest = pretrain_digest(params, run)
+    resume_key = digest({"params": params_digest, "split": sha256_file(split_file)})  # every input it reads
     main_rank = int(os.environ.get("RANK", "0")) == 0
     device = resolve_device(execution["device"], int(os.environ.get("LOCAL_RANK", "0")))
 
     started = time.perf_counter()
     pretext_init = pretext_metrics(model.to(device), index, val_ids, config.batch_size, settings["seed"], device) \
         if main_rank else {}
-    result = fit(model, dataset, needs, config, execution, run.directory, digest, desc=run.method)
+    result = fit(model, dataset, needs, config, execution, run.directory, resume_key, desc=run.method)
     if not main_rank:
         return
     pretext_final = pretext_metrics(model, index, val_ids, config.batch_size, settings["seed"], device)
@@ -78,7 +79,8 @@ def pretrain(params: dict, run: PretrainRun) -> None:
         "run": {"backbone": run.backbone, "dataset": run.dataset, "method": run.method, "fraction": run.fraction},
         "backbone_spec": params["backbones"][run.backbone],
         "voxelization": params["voxelization"],
-        "hparams_digest": digest,
+        "hparams_digest": params_digest,
+        "resume_key": resume_key,
         "split": {"file": str(split_file), "sha256": sha256_file(split_file), "frames": len(frame_ids)},
         "pretext": {"val_frames": len(val_ids), "init": pretext_init, "final": pretext_final},
         "history": result.history,

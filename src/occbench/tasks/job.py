@@ -21,7 +21,7 @@ from occbench.tasks import TASKS
 from occbench.tasks.base import FinetuneModel
 from occbench.training import TrainConfig, fit, save_torch, seed_everything
 from occbench.training.loop import STATE_FILE, resolve_device
-from occbench.workflow.grid import FINETUNE_SECTIONS, FinetuneRun, hparams_digest, index_path, split_path
+from occbench.workflow.grid import FinetuneRun, digest, finetune_digest, index_path, split_path
 
 
 def epochs_for(schedule: list[dict], label_fraction: float) -> int:
@@ -77,11 +77,14 @@ def finetune(params: dict, run: FinetuneRun) -> dict:
                            augmentation=GlobalAugmentation.from_dict(params["augmentation"]),
                            max_points=params["voxelization"]["max_points"])
     config = TrainConfig.from_settings(settings, run.seed, epochs_for(settings["epochs"], run.label_fraction))
-    digest = hparams_digest(params, *FINETUNE_SECTIONS)
+    params_digest = finetune_digest(params, run)
+    # The resume key: every input the run reads, the files' contents included.
+    resume_key = digest({"params": params_digest, "split": sha256_file(split_file),
+                         "checkpoint": load_report and load_report["sha256"]})
 
     started = time.perf_counter()
     run.directory.mkdir(parents=True, exist_ok=True)
-    result = fit(model, dataset, needs, config, execution, run.directory, digest, desc=run.task)
+    result = fit(model, dataset, needs, config, execution, run.directory, resume_key, desc=run.task)
     if int(os.environ.get("RANK", "0")) != 0:
         return {}
     train_seconds = time.perf_counter() - started
@@ -93,7 +96,8 @@ def finetune(params: dict, run: FinetuneRun) -> dict:
         "seed": run.seed,
         "epochs": config.epochs,
         "main_metric": task.main_metric,
-        "hparams_digest": digest,
+        "hparams_digest": params_digest,
+        "resume_key": resume_key,
         "params_sha256": sha256_json(params),
         "splits": {
             "labels": {"file": str(split_file), "sha256": sha256_file(split_file), "frames": len(train_ids)},

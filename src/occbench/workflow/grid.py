@@ -1,7 +1,11 @@
-"""Expand the grid of params.yaml into runs, and runs into paths under results/."""
+"""Expand the grid of params.yaml into runs, runs into paths under results/, and
+each job into the digest of what it reads (its re-run trigger and resume key)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 from dataclasses import dataclass
 from itertools import product
@@ -9,7 +13,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from occbench.config import check_consistency
-from occbench.io import sha256_json
 
 SCRATCH = "scratch"  # the one method without a pre-training job
 
@@ -175,12 +178,112 @@ class Grid:
                            self.pretrain_run(backbone, source))
 
 
-# The params sections each training job depends on: its hparams digest (resume key,
-# Snakemake re-run trigger) covers exactly these.
-PRETRAIN_SECTIONS = ("pretrain", "voxelization", "backbones", "augmentation")
-FINETUNE_SECTIONS = ("finetune", "voxelization", "backbones", "augmentation")
+# ------------------------------------------------------------------ digests
+# What each job reads of the params, and its digest. The digest is a rule's
+# `params.hparams` (Snakemake re-runs a job when its digest changes) and the
+# training jobs' resume key (combined at run time with the SHA-256 of the split
+# file and of the source checkpoint). Each covers exactly what its job reads:
+# another method's or task's block, another backbone's spec, and the execution
+# settings that change where a job runs, not what it computes (threads, profile,
+# device, loader workers, how often state is saved) are left out; only
+# `execution.amp` changes numerics and is in.
+
+# Where a job reads the list of params files (params.yaml, then each overlay) when
+# its command line names none: the Snakefile sets it, so the file names are part
+# of no job's command line and no re-run trigger.
+PARAMS_ENV = "OCCBENCH_PARAMS"
+
+# The splits key that decides how each subset's fractions are sampled.
+SPLIT_SAMPLING = {"pretrain": "pretrain_sampling", "labels": "label_sampling"}
 
 
-def hparams_digest(params: dict[str, Any], *sections: str) -> str:
-    """Hash of the named params sections: a Snakemake rule re-runs when it changes."""
-    return sha256_json({name: params[name] for name in sections})[:16]
+def params_files_from_env(environ: dict[str, str] | None = None) -> list[Path]:
+    """The params files named by OCCBENCH_PARAMS (os.pathsep-separated); [] when unset."""
+    value = (os.environ if environ is None else environ).get(PARAMS_ENV, "")
+    return [Path(name) for name in value.split(os.pathsep) if name]
+
+
+def canonical(value: Any) -> Any:
+    """A params value as its YAML means it: 1 and 1.0 are one number, tuples are lists."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {str(key): canonical(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [canonical(item) for item in value]
+    return value
+
+
+def digest(inputs: Any) -> str:
+    """16 hex digits of the SHA-256 of a JSON-able value, independent of key order."""
+    text = json.dumps(canonical(inputs), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def dataset_inputs(params: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """What converting one dataset reads: its own block under `datasets`."""
+    return {"dataset": dataset, "settings": params["datasets"][dataset]}
+
+
+def split_inputs(params: dict[str, Any], subset: str) -> dict[str, Any]:
+    """What writing a split of `subset` ('pretrain' or 'labels') reads: the seed and its sampling."""
+    splits = params["splits"]
+    return {"subset": subset, "seed": splits["seed"], "sampling": splits[SPLIT_SAMPLING[subset]]}
+
+
+def pretrain_inputs(params: dict[str, Any], run: PretrainRun) -> dict[str, Any]:
+    """Every params value a pre-training run reads, and nothing else."""
+    pretrain = params["pretrain"]
+    return {
+        "run": {"backbone": run.backbone, "dataset": run.dataset, "method": run.method, "fraction": run.fraction},
+        "pretrain": {key: value for key, value in pretrain.items() if key != "methods"},
+        "method": pretrain["methods"][run.method],
+        "voxelization": params["voxelization"],
+        "backbone": params["backbones"][run.backbone],
+        "augmentation": params["augmentation"],
+        "dataset": params["datasets"][run.dataset],
+        "split": split_inputs(params, "pretrain"),
+        "amp": params["execution"]["amp"],
+    }
+
+
+def finetune_inputs(params: dict[str, Any], run: FinetuneRun) -> dict[str, Any]:
+    """Every params value a fine-tuning run reads, and nothing else; for a pre-trained
+    source, that run's digest (so its settings count) and the minimum loaded fraction."""
+    finetune = params["finetune"]
+    source = None
+    if run.pretrained is not None:
+        source = {"pretrain_digest": pretrain_digest(params, run.pretrained),
+                  "min_loaded_fraction": finetune["min_loaded_fraction"]}
+    return {
+        "run": run.coordinates(),
+        "task": finetune[run.task],
+        "voxelization": params["voxelization"],
+        "backbone": params["backbones"][run.backbone],
+        "augmentation": params["augmentation"],
+        "dataset": params["datasets"][run.finetune_dataset],
+        "split": split_inputs(params, "labels"),
+        "amp": params["execution"]["amp"],
+        "source": source,
+    }
+
+
+def dataset_digest(params: dict[str, Any], dataset: str) -> str:
+    return digest(dataset_inputs(params, dataset))
+
+
+def split_digest(params: dict[str, Any], subset: str) -> str:
+    return digest(split_inputs(params, subset))
+
+
+def pretrain_digest(params: dict[str, Any], run: PretrainRun) -> str:
+    """Re-run trigger and resume key of a pre-training run."""
+    return digest(pretrain_inputs(params, run))
+
+
+def finetune_digest(params: dict[str, Any], run: FinetuneRun) -> str:
+    """Re-run trigger and resume key of a fine-tuning run."""
+    return digest(finetune_inputs(params, run))
+

@@ -1,0 +1,135 @@
+"""Each run's digest covers exactly the params values it reads.
+
+The digest is the `params.hparams` re-run trigger of a rule and the training
+jobs' resume key: a value the run reads must change it (or a changed setting is
+silently ignored, by Snakemake and by a resumed run); a value it does not read
+must not (or unrelated edits re-run finished work).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+
+from occbench.cli import main
+from occbench.workflow.grid import (
+    PARAMS_ENV,
+    Grid,
+    PretrainRun,
+    canonical,
+    dataset_digest,
+    digest,
+    finetune_digest,
+    params_files_from_env,
+    pretrain_digest,
+    split_digest,
+)
+from smoke import SMOKE_FILES, smoke_params
+
+PRE, FT_PRE, FT_SCRATCH = "pretrain", "finetune of a pre-trained source", "scratch finetune"
+ALL = {PRE, FT_PRE, FT_SCRATCH}
+FINETUNES = {FT_PRE, FT_SCRATCH}
+NONE: set[str] = set()
+
+
+def runs(params: dict) -> dict[str, object]:
+    grid = Grid(params)
+    pretrained = next(r for r in grid.finetune_runs if r.pretrained)
+    scratch = next(r for r in grid.finetune_runs if r.pretrained is None)
+    return {PRE: pretrained.pretrained, FT_PRE: pretrained, FT_SCRATCH: scratch}
+
+
+def digests(params: dict, runs_: dict) -> dict[str, str]:
+    return {name: (pretrain_digest if isinstance(run, PretrainRun) else finetune_digest)(params, run)
+            for name, run in runs_.items()}
+
+
+def edited(params: dict, key: str, value) -> dict:
+    """A deep copy of params with the dotted ``key`` set (created if missing)."""
+    params = copy.deepcopy(params)
+    *parents, last = key.split(".")
+    node = params
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return params
+
+
+# (key, new value, the runs whose digest must change); every other run's must not.
+CASES = [
+    ("pretrain.lr", 0.002, {PRE, FT_PRE}),
+    ("pretrain.epochs", 7, {PRE, FT_PRE}),
+    ("pretrain.seed", 1, {PRE, FT_PRE}),
+    ("pretrain.methods.also.hidden_dim", 32, {PRE, FT_PRE}),
+    ("pretrain.methods.also.queries_per_frame", 999, {PRE, FT_PRE}),
+    ("pretrain.methods.spot", {"beams": 32}, NONE),  # another method's block
+    ("splits.seed", 1, ALL),
+    ("splits.pretrain_sampling", "frames", {PRE, FT_PRE}),
+    ("splits.label_sampling", "frames", FINETUNES),
+    ("datasets.synthetic.seed", 5, ALL),
+    ("datasets.synthetic.sensor", {"profile": "kitti64"}, ALL),
+    ("datasets.synthetic_waymo64.seed", 5, NONE),  # a dataset these runs do not use
+    ("augmentation.rotation_deg", 180.0, ALL),
+    ("augmentation.flip_x", True, ALL),
+    ("voxelization.voxel_size", [0.5, 0.5, 0.5], ALL),
+    ("voxelization.max_points", 1000, ALL),
+    ("backbones.small.bev_channels", 32, ALL),  # the runs' backbone
+    ("backbones.base.channels", [8, 16, 32], NONE),  # a different backbone's spec
+    ("finetune.segmentation.lr", 0.01, FINETUNES),
+    ("finetune.segmentation.epochs", [{"up_to_label_fraction": 1.0, "epochs": 3}], FINETUNES),
+    ("finetune.min_loaded_fraction", 0.5, {FT_PRE}),  # scratch loads nothing
+    ("finetune.detection", {"lr": 0.1}, NONE),  # another task's block
+    ("execution.amp", False, ALL),
+    ("execution.threads", 8, NONE),
+    ("execution.profile", "workflow/profiles/slurm", NONE),
+    ("execution.device", "cuda:1", NONE),
+    ("execution.loader_workers", 4, NONE),
+    ("execution.state_every_steps", 100, NONE),
+    ("grid.seeds", [0, 1, 2, 3], NONE),
+    ("grid.label_fractions", [0.25, 0.5, 1.0], NONE),
+]
+
+
+@pytest.mark.parametrize("key, value, changed", CASES, ids=[case[0] for case in CASES])
+def test_a_run_digest_changes_exactly_with_what_the_run_reads(key, value, changed):
+    params = smoke_params()
+    the_runs = runs(params)
+    before = digests(params, the_runs)
+    after = digests(edited(params, key, value), the_runs)
+    assert {name for name in the_runs if before[name] != after[name]} == changed
+
+
+def test_digests_of_distinct_runs_differ_and_do_not_depend_on_key_order_or_int_vs_float():
+    params = smoke_params()
+    values = set(digests(params, runs(params)).values())
+    assert len(values) == 3
+    reordered = {key: params[key] for key in reversed(list(params))}
+    reordered["augmentation"] = edited(params, "augmentation.rotation_deg", 0)["augmentation"]  # 0 for 0.0
+    assert set(digests(reordered, runs(params)).values()) == values
+    assert canonical({"a": 1.0, "b": [2.5, True, (3.0,)]}) == {"a": 1, "b": [2.5, True, [3]]}
+    assert digest({"x": 1}) != digest({"x": True})
+
+
+def test_data_digests_cover_their_own_dataset_and_subset_only():
+    params = smoke_params()
+    assert dataset_digest(edited(params, "datasets.synthetic_waymo64.seed", 9), "synthetic") == \
+        dataset_digest(params, "synthetic")
+    assert dataset_digest(edited(params, "datasets.synthetic.seed", 9), "synthetic") != \
+        dataset_digest(params, "synthetic")
+    labels_sampling = edited(params, "splits.label_sampling", "frames")
+    assert split_digest(labels_sampling, "pretrain") == split_digest(params, "pretrain")
+    assert split_digest(labels_sampling, "labels") != split_digest(params, "labels")
+    assert split_digest(edited(params, "splits.seed", 3), "pretrain") != split_digest(params, "pretrain")
+
+
+def test_cli_reads_the_params_files_from_the_environment(monkeypatch, capsys):
+    monkeypatch.setenv(PARAMS_ENV, os.pathsep.join(map(str, SMOKE_FILES)))
+    assert params_files_from_env() == list(SMOKE_FILES)
+    assert main(["validate"]) == 0
+    assert f"{SMOKE_FILES[0]} + {SMOKE_FILES[1]}: valid" in capsys.readouterr().out
+    monkeypatch.setenv(PARAMS_ENV, "")
+    assert params_files_from_env() == []
+    assert params_files_from_env({PARAMS_ENV: f"a.yaml{os.pathsep}{os.pathsep}b.yaml"}) == [Path("a.yaml"), Path("b.yaml")]
