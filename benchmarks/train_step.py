@@ -1,0 +1,81 @@
+"""Where a training step's time goes: data, forward, backward, for pre-training and fine-tuning.
+
+Converts params.yaml's default synthetic dataset into a temporary folder, then
+runs one epoch of `occbench pretrain` (the grid's first method) and one of
+`occbench finetune` (segmentation, scratch, 100 % labels) with each number of
+DataLoader workers, and prints the mean seconds per step of each phase and the
+peak memory, from the engine's own timing (run_meta.json step_seconds).
+Asserts nothing about speed.
+
+    python benchmarks/train_step.py [--workers 0 2] [--params params.yaml] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from occbench.cli import main as occbench
+from occbench.config import load_params
+from occbench.workflow.grid import FinetuneRun, PretrainRun, fraction_tag
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _verb(params_files: list[Path], *args: str) -> None:
+    if occbench([arg for path in params_files for arg in ("--params", str(path))] + list(args)) != 0:
+        raise SystemExit(f"occbench {' '.join(args)} failed")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    dataset = params["grid"]["transfers"][0]["pretrain"]
+    method = next(m for m in params["grid"]["methods"] if m != "scratch")
+    backbone = params["grid"]["backbones"][0]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        base = [args.params.resolve()]
+        _verb(base, "convert", "--dataset", dataset, "--workers", "2")
+        _verb(base, "split", "--dataset", dataset, "--subset", "pretrain", "--fraction", "1")
+        _verb(base, "split", "--dataset", dataset, "--subset", "labels", "--fraction", "1")
+        for workers in args.workers:
+            overlay = Path(tmp) / f"workers_{workers}.yaml"
+            overlay.write_text(yaml.safe_dump({
+                "execution": {"loader_workers": workers, "device": args.device},
+                "pretrain": {"epochs": 1},
+                "finetune": {"segmentation": {"epochs": [{"up_to_label_fraction": 1.0, "epochs": 1}]}},
+            }))
+            files = [*base, overlay]
+            pretrain = PretrainRun(backbone, dataset, method, 1.0)
+            _verb(files, "pretrain", "--backbone", backbone, "--dataset", dataset, "--method", method,
+                  "--fraction", "1")
+            finetune = FinetuneRun("segmentation", backbone, dataset, 1.0, 0, None)
+            _verb(files, "finetune", "--task", "segmentation", "--backbone", backbone, "--dataset", dataset,
+                  "--source", "scratch", "--label-fraction", fraction_tag(1.0), "--seed", "0")
+            for job, run_dir in ((f"pretrain {method}", pretrain.directory), ("finetune segmentation",
+                                                                              finetune.directory)):
+                meta = json.loads((run_dir / "run_meta.json").read_text())
+                rows.append((job, workers, meta["step_seconds"], meta["steps"], meta["device"]))
+            for run_dir in (pretrain.directory, finetune.directory):
+                for path in sorted(run_dir.rglob("*"), reverse=True):
+                    path.unlink() if path.is_file() else path.rmdir()
+    print(f"\n{'job':<24}{'workers':>8}{'steps':>7}{'data s':>9}{'forward s':>11}{'backward s':>12}"
+          f"{'step s':>9}{'peak MiB':>10}  device")
+    for job, workers, seconds, steps, device in rows:
+        print(f"{job:<24}{workers:>8}{steps:>7}{seconds['data']:>9.3f}{seconds['forward']:>11.3f}"
+              f"{seconds['backward']:>12.3f}{seconds['step']:>9.3f}{seconds['peak_memory_mb']:>10.0f}  {device}")
+
+
+if __name__ == "__main__":
+    main()
