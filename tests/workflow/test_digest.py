@@ -60,7 +60,9 @@ def edited(params: dict, key: str, value) -> dict:
 
 # (key, new value, the runs whose digest must change); every other run's must not.
 CASES = [
-    ("pretrain.lr", 0.002, {PRE, FT_PRE}),
+    ("pretrain.optimizer.lr", 0.002, {PRE, FT_PRE}),
+    ("pretrain.schedule.name", "cosine", {PRE, FT_PRE}),
+    ("pretrain.grad_clip", None, {PRE, FT_PRE}),
     ("pretrain.epochs", 7, {PRE, FT_PRE}),
     ("pretrain.seed", 1, {PRE, FT_PRE}),
     ("pretrain.methods.also.hidden_dim", 32, {PRE, FT_PRE}),
@@ -78,7 +80,7 @@ CASES = [
     ("voxelization.max_points", 1000, ALL),
     ("backbones.small.bev_channels", 32, ALL),  # the runs' backbone
     ("backbones.base.channels", [8, 16, 32], NONE),  # a different backbone's spec
-    ("finetune.segmentation.lr", 0.01, FINETUNES),
+    ("finetune.segmentation.optimizer.lr", 0.01, FINETUNES),
     ("finetune.segmentation.epochs", [{"up_to_label_fraction": 1.0, "epochs": 3}], FINETUNES),
     ("finetune.min_loaded_fraction", 0.5, {FT_PRE}),  # scratch loads nothing
     ("finetune.detection", {"lr": 0.1}, NONE),  # another task's block

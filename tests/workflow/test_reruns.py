@@ -102,7 +102,7 @@ def test_touch_recorded_each_jobs_digest_as_the_job_computes_it(project):
 
 def test_overlays_that_change_no_value_rerun_nothing(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
-    same = overlay(project, "same.yaml", {"pretrain": {"lr": params["pretrain"]["lr"]},
+    same = overlay(project, "same.yaml", {"pretrain": {"optimizer": params["pretrain"]["optimizer"]},
                                           "grid": {"seeds": params["grid"]["seeds"]}})
     empty = overlay(project, "empty.yaml", {"finetune": {}})
     assert planned(project, "--configfile", same, empty) == {}
