@@ -71,6 +71,23 @@ def _validate(args, params) -> None:
           f"{len(grid.finetune_runs)} fine-tuning runs")
 
 
+def _processes_option(verb: argparse.ArgumentParser) -> None:
+    verb.add_argument("--processes", type=int, default=1,
+                      help="data-parallel processes, one per GPU (launched through torchrun; default 1)")
+
+
+def _launch_ranks(args, argv: list[str]) -> None:
+    """Replace this process by torchrun running ``args.processes`` ranks of the same command.
+
+    exec, not a child: the cluster's preemption signal then reaches torchrun, which
+    passes it to every rank, and each rank saves and exits as one process would.
+    """
+    position = argv.index("--processes")
+    rank_argv = argv[:position] + argv[position + 2:]
+    os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                              f"--nproc_per_node={args.processes}", "-m", "occbench", *rank_argv])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="occbench", description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, action="append",
@@ -95,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     verb.add_argument("--dataset", required=True)
     verb.add_argument("--method", required=True)
     verb.add_argument("--fraction", type=float, required=True)
+    _processes_option(verb)
     verb.set_defaults(handler=_pretrain)
 
     verb = verbs.add_parser("finetune", help="fine-tune one downstream run and evaluate it")
@@ -104,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     verb.add_argument("--source", required=True, help="'scratch' or a pre-training tag METHOD-DATASET-pt_FRACTION")
     verb.add_argument("--label-fraction", type=float, required=True)
     verb.add_argument("--seed", type=int, required=True)
+    _processes_option(verb)
     verb.set_defaults(handler=_finetune)
 
     verb = verbs.add_parser("aggregate", help="collect the grid's runs into summary tables and DVC metrics")
@@ -120,7 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    if getattr(args, "processes", 1) > 1 and "WORLD_SIZE" not in os.environ:
+        _launch_ranks(args, argv)
     started = time.perf_counter()
     try:
         args.params = args.params or params_files_from_env() or [Path("params.yaml")]

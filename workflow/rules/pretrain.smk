@@ -15,9 +15,9 @@ rule pretrain:
         hparams=lambda w: pretrain_digest(config, pretrain_run(w)),
     threads: config["execution"]["threads"]
     resources:
-        gpu=1,
+        gpu=config["execution"]["pretrain_gpus"],
     conda:
         ENV
     shell:
         "occbench pretrain --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
-        " --method {wildcards.method} --fraction {wildcards.fraction} > {log} 2>&1"
+        " --method {wildcards.method} --fraction {wildcards.fraction} --processes {resources.gpu} > {log} 2>&1"
