@@ -11,19 +11,30 @@ PROFILE ?= workflow/profiles/local
 
 WAYMO_VENV := .venv-waymo
 
-.PHONY: run test system-deps dry-run clean waymo-env
+.PHONY: run test system-deps dry-run clean waymo-env gpu-venv
 
 $(BIN)/occbench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU wheel, not several GB of CUDA packages
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[cpu,test]'
 	# nuscenes-devkit declares numpy<2, which the rest of the stack cannot take; it works
 	# with numpy 2 (tests/data/test_nuscenes.py), so it comes without its declared deps
 	# (pyproject.toml lists what it imports).
 	$(BIN)/pip install --quiet --no-deps nuscenes-devkit==1.2.0
 	touch $@
+
+# GPU machines (CUDA 12 driver): the same .venv with PyPI's CUDA build of torch and
+# spconv-cu120; `make run` then trains on the GPU (execution.device: auto).
+gpu-venv:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[cu120,test]'
+	$(BIN)/pip install --quiet --no-deps nuscenes-devkit==1.2.0
+	$(BIN)/python -c "import torch, spconv.pytorch; assert torch.cuda.is_available(), 'no CUDA device'"
+	touch $(BIN)/occbench
 
 # reports/ is committed (the baseline of `dvc metrics diff`), so aggregation is forced:
 # that makes Snakemake run every job of the grid whose results are missing or stale.
