@@ -28,11 +28,11 @@ PRETEXT_STREAM = 2**32 - 1  # the random stream of held-out pretext metrics, apa
 
 @torch.no_grad()
 def pretext_metrics(model: PretrainModel, index: FrameIndex, frame_ids: list[str], batch_size: int,
-                    seed: int, device: torch.device) -> dict[str, float]:
+                    seed: int, device: torch.device, workers: int) -> dict[str, float]:
     """The method's pretext metrics on held-out frames, frame-weighted, with fixed random streams."""
     model.eval()
     totals: dict[str, float] = {}
-    loader = evaluation_loader(index, frame_ids, batch_size, model.method.needs)
+    loader = evaluation_loader(index, frame_ids, batch_size, model.method.needs, workers)
     for step, batch in enumerate(loader):
         generator = torch.Generator().manual_seed(
             int(np.random.SeedSequence([seed, PRETEXT_STREAM, step]).generate_state(1, np.uint64)[0] >> 1))
@@ -67,12 +67,13 @@ def pretrain(params: dict, run: PretrainRun) -> None:
     device = resolve_device(execution["device"], int(os.environ.get("LOCAL_RANK", "0")))
 
     started = time.perf_counter()
-    pretext_init = pretext_metrics(model.to(device), index, val_ids, config.batch_size, settings["seed"], device) \
-        if main_rank else {}
+    workers = execution["loader_workers"]
+    pretext_init = pretext_metrics(model.to(device), index, val_ids, config.batch_size, settings["seed"], device,
+                                   workers) if main_rank else {}
     result = fit(model, dataset, needs, config, execution, run.directory, resume_key, desc=run.method)
     if not main_rank:
         return
-    pretext_final = pretext_metrics(model, index, val_ids, config.batch_size, settings["seed"], device)
+    pretext_final = pretext_metrics(model, index, val_ids, config.batch_size, settings["seed"], device, workers)
     trained = sorted(name.removeprefix("backbone.") for name in result.trained_parameters
                      if name.startswith("backbone."))
     meta = {

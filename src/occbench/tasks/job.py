@@ -46,11 +46,11 @@ def load_pretrained(backbone: SparseBackbone, run: FinetuneRun, min_fraction: fl
 
 @torch.no_grad()
 def evaluate(model: FinetuneModel, index: FrameIndex, frame_ids: list[str], batch_size: int,
-             device: torch.device) -> dict:
+             device: torch.device, workers: int = 0) -> dict:
     """The task's metrics over every held-out frame."""
     model.eval()
     evaluator = model.task.evaluator()
-    loader = evaluation_loader(index, frame_ids, batch_size, model.task.needs)
+    loader = evaluation_loader(index, frame_ids, batch_size, model.task.needs, workers)
     for batch in progress(loader, desc="evaluate"):
         batch = batch.to(device)
         output, predictions, voxels = model.run(batch)
@@ -89,7 +89,7 @@ def finetune(params: dict, run: FinetuneRun) -> dict:
         return {}
     train_seconds = time.perf_counter() - started
     device = resolve_device(execution["device"], int(os.environ.get("LOCAL_RANK", "0")))
-    metrics = evaluate(model, index, val_ids, config.batch_size, device)
+    metrics = evaluate(model, index, val_ids, config.batch_size, device, execution["loader_workers"])
     save_torch(model.state_dict(), run.directory / "model.pt")
     write_json(run.directory / "run_meta.json", {
         "run": run.coordinates(),

@@ -185,7 +185,7 @@ def fit(model: nn.Module, dataset: FrameDataset, needs: frozenset[str], config: 
             start = progress_state["step"]
             sampler = StepSampler(len(dataset), config.batch_size, epoch, start, ddp.rank, ddp.world_size)
             loader = frame_loader(dataset, sampler, needs, execution["loader_workers"], device.type == "cuda")
-            bar = progress(loader, total=len(sampler), initial=start, disable=not ddp.is_main,
+            bar = progress(loader, total=steps_per_epoch, initial=start, disable=not ddp.is_main,
                            desc=f"{desc} epoch {epoch + 1}/{config.epochs}")
             clock = _Clock(device)
             for step, batch in enumerate(bar, start=start):
