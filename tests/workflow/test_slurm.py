@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from occbench.workflow.grid import PATTERNS
+
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE = "slurm"  # as users type it: the repo root's `slurm` links to workflow/profiles/slurm
 PROFILE_DIR = "workflow/profiles/slurm"
@@ -59,62 +61,15 @@ grid:
   seeds: [0]
 """
 
-# Test scaffolding until the engine's resume lands: a "pretrain" that keeps the
-# contract of `occbench pretrain` (on SIGTERM/SIGUSR1 save the resume state,
-# say so on stderr, exit 128+signum; when started again, say where it resumes).
-# It also appends what happened to events.jsonl, which no rerun truncates.
-FAKE_TRAINER = r'''
-import json, os, signal, sys, time
-from pathlib import Path
-
-state, output, events = Path("out/train_state.json"), Path(sys.argv[1]), Path("out/events.jsonl")
-steps, step_s, save_s = int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-
-def event(**fields):
-    with events.open("a") as f:
-        f.write(json.dumps({"pid": os.getpid(), "ppid": os.getppid(), "job": os.environ.get("SLURM_JOB_ID"), **fields}) + "\n")
-
-step = json.loads(state.read_text())["step"] if state.exists() else 0
-if step:
-    print(f"occbench: resuming {state} at epoch 0 step {step}", file=sys.stderr, flush=True)
-event(what="start", step=step)
-
-def save_and_exit(signum, frame):
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_IGN)  # SLURM may send it twice; one save is enough
-    event(what="signal", signal=signal.Signals(signum).name, step=step)
-    time.sleep(save_s)  # a slow save: nothing may kill this process meanwhile
-    state.with_suffix(".tmp").write_text(json.dumps({"step": step}))
-    os.replace(state.with_suffix(".tmp"), state)
-    event(what="saved", step=step)
-    print(f"occbench: {signal.Signals(signum).name} received at epoch 0 step {step}; "
-          f"resume state saved to {state}", file=sys.stderr, flush=True)
-    sys.exit(128 + signum)
-
-signal.signal(signal.SIGTERM, save_and_exit)
-signal.signal(signal.SIGUSR1, save_and_exit)
-while step < steps:
-    time.sleep(step_s)
-    step += 1
-    print(f"step {step}", file=sys.stderr, flush=True)
-output.write_text(f"{step} steps\n")
-event(what="done", step=step)
-'''
-
-# `exec`: the trainer replaces the job's shell, so Snakemake waits for it (see the profile).
-PREEMPT_SNAKEFILE = """
-localrules: all
-
-rule all:
-    input: "out/checkpoint.pt"
-
-rule pretrain:
-    output: "out/checkpoint.pt"
-    log: "out/pretrain.log"
-    threads: 1
-    resources: gpu=1
-    shell: "exec python train.py {output} 40 0.25 1 > {log} 2>&1"
-"""
+# The smoke grid's pre-training made long enough (30 epochs of 2 steps, ~10 s on a CPU)
+# to be interrupted twice, and the files it reads and writes.
+LONG_PRETRAIN = "pretrain:\n  epochs: 30\n"
+PRETRAIN_RUN = {"backbone": "small", "dataset": "synthetic", "method": "also", "fraction": "1"}
+CHECKPOINT = PATTERNS["checkpoint"].format(**PRETRAIN_RUN)
+PRETRAIN_SPLIT = PATTERNS["split"].format(dataset="synthetic", subset="pretrain", fraction="1")
+PRETRAIN_LOG = "results/logs/pretrain/{backbone}_{dataset}_{method}_{fraction}.log".format(**PRETRAIN_RUN)
+# Not anchored: in a log the line follows a progress bar's, which ends in no newline.
+SAVED = re.compile(r"occbench: SIGTERM received at epoch (\d+) step (\d+); resume state saved to (\S+)\n")
 
 
 def link_profile(workdir: Path) -> None:
@@ -212,13 +167,6 @@ def wait_for(what: str, check, proc: subprocess.Popen, out: Path, timeout: float
     return result
 
 
-def last_step(log: Path) -> int:
-    with contextlib.suppress(OSError):
-        if steps := re.findall(r"^step (\d+)$", log.read_text(), re.MULTILINE):
-            return int(steps[-1])
-    return 0
-
-
 def test_bare_profile_name_finds_repo_profile(monkeypatch):
     """`--profile slurm` from the project root: Snakemake looks in the working directory first."""
     from snakemake.cli import get_profile_dir
@@ -269,37 +217,52 @@ def test_jobs_on_slurm_nodes_read_the_overlays(slurm_cluster, project_copy):
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_interrupted_pretrain_resumes_from_saved_step(slurm_cluster, tmp_path):
-    """SIGTERM to the job steps (what the profile's --signal=TERM@300 sends before the time
-    limit), then `scontrol requeue` (what preemption does); the run completes, resumed twice."""
-    link_profile(tmp_path)
-    (tmp_path / "Snakefile").write_text(PREEMPT_SNAKEFILE)
-    (tmp_path / "train.py").write_text(FAKE_TRAINER)
-    log, out = tmp_path / "out/pretrain.log", tmp_path / "snakemake.out"
+def test_interrupted_pretrain_resumes_from_saved_step(slurm_cluster, project_copy):
+    """`occbench pretrain` of the smoke grid gets SIGTERM in its job step (what the profile's
+    --signal=TERM@300 sends before the time limit), then `scontrol requeue` (what preemption
+    does); the workflow completes and each run resumed where the one before saved."""
+    link_profile(project_copy)
+    (project_copy / "long_pretrain.yaml").write_text(LONG_PRETRAIN)
+    overlay = ["--configfile", "long_pretrain.yaml"]
+    env = {**os.environ, "PATH": f"{BIN_DIR}{os.pathsep}{os.environ['PATH']}"}
+    # Conversion and split here, outside SLURM: only pre-training goes through it.
+    subprocess.run([BIN_DIR / "snakemake", "--profile", "workflow/profiles/local", "--cores", "1", PRETRAIN_SPLIT,
+                    *overlay], cwd=project_copy, env=env, capture_output=True, check=True, timeout=300)
+    log, out = project_copy / PRETRAIN_LOG, project_copy / "snakemake.out"
+    steps_tsv = (project_copy / CHECKPOINT).parent / "curves" / "steps.tsv"
     job_ids: list[str] = []
-    # --verbose: snakemake prints each sbatch call
-    with out.open("w") as stdout:
-        proc = snakemake(tmp_path, "--verbose", stdout=stdout)
+    with out.open("w") as stdout:  # --verbose: snakemake prints each sbatch call
+        proc = snakemake(project_copy, CHECKPOINT, "--verbose", *overlay, stdout=stdout)
     try:
 
-        def running_job(after: int = 0, other_than: str | None = None) -> str | None:
-            """The newest job's id, once it runs and the trainer has passed step `after` + 3."""
+        def running(after: int = 0, other_than: str | None = None) -> str | None:
+            """The newest job's id, once it runs and its training passed global step `after` + 3."""
             ids = submitted_job_ids(out.read_text())
             if not ids or ids[-1] == other_than:
                 return None
             if ids[-1] not in job_ids:
                 job_ids.append(ids[-1])
-            return ids[-1] if slurm_job(ids[-1])["state"] == "RUNNING" and last_step(log) >= after + 3 else None
+            return ids[-1] if slurm_job(ids[-1])["state"] == "RUNNING" and steps_done(steps_tsv) >= after + 3 else None
+
+        def saved() -> tuple[int, int, str] | None:
+            """(epoch, step, state path) once the log says the state was saved on SIGTERM."""
+            with contextlib.suppress(OSError):
+                if m := SAVED.search(log.read_text()):
+                    return int(m[1]), int(m[2]), m[3]
+            return None
 
         # 1. The time-limit warning: SIGTERM to the job's steps, not its batch shell.
-        first = wait_for("running pretrain job", running_job, proc, out)
+        first = wait_for("running pretrain job", running, proc, out)
+        assert "snakemake" in occbench_parent(first), "the rule must exec occbench (see the profile)"
         slurm("scancel", "--signal=TERM", first)
-        # The job ends after the save (FAILED); snakemake's retry submits a new job, which resumes.
-        second = wait_for(
-            "resubmitted pretrain job", lambda: running_job(after=saved_step(tmp_path), other_than=first), proc, out
-        )
+        epoch1, step1, state = wait_for("first save", saved, proc, out)  # read before the retry truncates the log
+        # The job ended after the save (FAILED); snakemake's retry submits a new job, which resumes.
+        second = wait_for("resubmitted pretrain job",
+                          lambda: running(after=2 * epoch1 + step1, other_than=first), proc, out)
+        assert f"occbench: resuming {state} at epoch {epoch1} step {step1}\n" in log.read_text()
         # 2. Preemption: SLURM stops the whole job and requeues it under the same id.
         slurm("scontrol", "requeue", second)
+        epoch2, step2, _ = wait_for("second save", saved, proc, out)
         # SLURM holds a requeued job ~2 min (BeginTime); release it at once.
         wait_for("requeued job pending", lambda: slurm_job(second)["state"] == "PENDING", proc, out)
         slurm("scontrol", "update", f"JobId={second}", "StartTime=now")
@@ -308,21 +271,10 @@ def test_interrupted_pretrain_resumes_from_saved_step(slurm_cluster, tmp_path):
         stop(proc, job_ids)
     output = out.read_text()
     assert proc.returncode == 0, output[-8000:]
-
-    events = [json.loads(line) for line in (tmp_path / "out/events.jsonl").read_text().splitlines()]
-    starts = [e for e in events if e["what"] == "start"]
-    saves = [e for e in events if e["what"] == "saved"]
-    assert [e["job"] for e in starts] == [first, second, second], events
-    assert len(saves) == 2 and 0 < saves[0]["step"] < saves[1]["step"], events
-    # Each run started where the one before saved: not from zero.
-    assert [e["step"] for e in starts] == [0, saves[0]["step"], saves[1]["step"]], events
-    # The save finished while the job's Snakemake still waited for the trainer (same parent):
-    # with a shell in between, Snakemake would have ended the step mid-save.
-    for start, save in zip(starts, saves):
-        assert (save["pid"], save["ppid"]) == (start["pid"], start["ppid"]), events
-    assert events[-1]["what"] == "done", events
-    # The contract's line, in the log of the run that completed.
-    assert f"occbench: resuming out/train_state.json at epoch 0 step {saves[1]['step']}" in log.read_text()
+    assert (epoch1, step1) < (epoch2, step2)
+    # The run that completed started where the requeued one saved, not from zero.
+    assert f"occbench: resuming {state} at epoch {epoch2} step {step2}\n" in log.read_text()
+    assert (project_copy / CHECKPOINT).is_file()
 
     # What SLURM and snakemake saw: one failed try (retried), one job requeued once.
     jobs = {job["id"]: job for job in check_jobs(output)}
@@ -337,7 +289,29 @@ def test_interrupted_pretrain_resumes_from_saved_step(slurm_cluster, tmp_path):
         assert "--signal=TERM@300" in call and "--requeue" in call, call
 
 
-def saved_step(workdir: Path) -> int:
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        return json.loads((workdir / "out/train_state.json").read_text())["step"]
+def steps_done(steps_tsv: Path) -> int:
+    """Training steps a run has logged (one line each under a header)."""
+    with contextlib.suppress(OSError):
+        return max(len(steps_tsv.read_text().splitlines()) - 1, 0)
     return 0
+
+
+def occbench_parent(job_id: str) -> str:
+    """Command line of the parent of the job's `occbench pretrain` process (not of its loader workers)."""
+    def argv(pid: str) -> list[str]:
+        with contextlib.suppress(OSError):
+            return Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+        return []
+
+    def is_occbench(pid: str) -> bool:  # python .../bin/occbench pretrain ...
+        args = argv(pid)
+        return len(args) > 2 and Path(args[1]).name == "occbench" and args[2] == "pretrain"
+
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if is_occbench(pid) and f"SLURM_JOB_ID={job_id}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                parent = stat[stat.rindex(")") + 2 :].split()[1]
+                if not is_occbench(parent):
+                    return " ".join(argv(parent))
+    pytest.fail(f"no occbench process of job {job_id}")
