@@ -19,7 +19,9 @@ rule finetune:
         gpu=1,
     conda:
         ENV
+    # exec: occbench replaces the shell, so on SLURM's SIGTERM (time limit, preemption)
+    # the job's Snakemake waits for it to save (workflow/profiles/slurm/config.yaml).
     shell:
-        "occbench finetune --task {wildcards.task} --backbone {wildcards.backbone}"
+        "exec occbench finetune --task {wildcards.task} --backbone {wildcards.backbone}"
         " --dataset {wildcards.dataset} --source {wildcards.source}"
         " --label-fraction {wildcards.fraction} --seed {wildcards.seed} > {log} 2>&1"

@@ -18,6 +18,8 @@ rule pretrain:
         gpu=config["execution"]["pretrain_gpus"],
     conda:
         ENV
+    # exec: occbench replaces the shell, so on SLURM's SIGTERM (time limit, preemption)
+    # the job's Snakemake waits for it to save (workflow/profiles/slurm/config.yaml).
     shell:
-        "occbench pretrain --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
+        "exec occbench pretrain --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
         " --method {wildcards.method} --fraction {wildcards.fraction} --processes {resources.gpu} > {log} 2>&1"

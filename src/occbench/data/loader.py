@@ -8,6 +8,7 @@ after a resume in the middle of an epoch.
 
 from __future__ import annotations
 
+import signal
 from functools import partial
 from typing import Callable, Iterator, Sequence
 
@@ -19,6 +20,7 @@ from occbench.data.augment import GlobalAugmentation
 from occbench.data.batch import collate, subsample
 from occbench.data.dataset import FrameIndex
 from occbench.data.frame import Frame
+from occbench.preemption import PREEMPT_SIGNALS
 
 FrameTransform = Callable[[Frame, np.random.Generator], Frame]
 
@@ -102,6 +104,11 @@ class StepSampler(Sampler):
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers read and augment; the main process owns the cores for the model
+    # SLURM signals every process of a job step (time-limit warning, requeue, preemption). The main
+    # process saves at the end of its step and then stops the workers; a worker killed by the signal
+    # would instead make it raise mid-step (DataLoader's SIGCHLD check) and exit without saving.
+    for sig in PREEMPT_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def frame_loader(dataset: FrameDataset, sampler: Sampler, needs: frozenset[str], workers: int,
