@@ -24,17 +24,22 @@ pretrain.methods.also):
 - an out query never passes behind the sensor: its offset in front of the hit
   is capped at the hit's range;
 - the relative position fed to the decoder is divided by ``relative_scale``
-  (ALSO: not scaled). In and out queries sit at most ``hit_offset`` from their
-  hit, 0.1 m against a 0.25 m voxel, so dividing by the 1 m radius left the
-  in/out difference at a tenth of the decoder's input scale;
-- ``relative_frame: ray`` expresses that position in the latent point's own
-  ray frame (along the sensor-to-point ray, then horizontal and upward
-  perpendiculars) instead of the sensor's axes (``sensor``, ALSO). "In front
-  of" or "behind" a surface point is a direction along its ray, which the
-  sensor-axes decoder has to infer from the latent feature; at occbench's
-  budget (about a hundred steps) it did not (params.yaml says what was
-  measured). The surface's orientation and extent still have to come from
-  the backbone's features for every neighbour but the hit itself.
+  (ALSO: metres, unscaled, as occbench's division by the 1 m radius was). In
+  and out queries lie at most ``hit_offset`` (0.1 m) from their hit, mostly
+  inside its 0.25 m voxel, so their neighbours carry the same features and
+  only the relative position tells them apart: in metres, that
+  difference was a tenth of the decoder's input scale and the decoder never
+  learnt it (every held-out query called empty). Dividing by about
+  ``hit_offset`` puts it at unit scale;
+- ``relative_frame`` chooses the axes of that position: ``sensor`` (ALSO: the
+  sensor's axes, the default) or ``ray`` (the latent point's own ray frame:
+  along the sensor-to-point ray, horizontal and upward perpendiculars). In the
+  ray frame "behind the hit" is the sign of one input, which the decoder
+  learns on its own: it scores higher on the pretext but leaves less for the
+  backbone to learn (a decoder trained on a frozen random backbone comes
+  within 3 points of the trained pair). In the sensor frame the backbone's
+  features have to say which way the sensor lies. Measurements in
+  params.yaml, benchmarks/also_pretext.py measures them.
 """
 
 from __future__ import annotations
