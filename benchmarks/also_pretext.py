@@ -9,8 +9,10 @@ overlays. The method object the job builds is kept, so that
 (``FrameIndex.ids("val")``, not augmented, backbone and decoder in eval mode,
 fixed query seed) right after initialisation and after the last epoch: the
 checkpoint holds only the backbone, not the decoder. ``--frozen-backbone``
-trains the decoder alone on the random backbone: the accuracy a decoder
-reaches without the backbone learning anything. Prints one JSON line.
+trains the decoder alone on the random backbone (its weights frozen, its
+BatchNorm statistics still following the data): the accuracy a decoder reaches
+without the backbone learning anything. Prints one JSON line (``init``,
+``after``: ``ALSO.pretext_metrics``; ``pretrain_seconds``: the job's epochs).
 
     python benchmarks/also_pretext.py --workdir /tmp/also [--params params.yaml --params overlay.yaml]
                                       [--frozen-backbone] [--out result.json]

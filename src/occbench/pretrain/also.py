@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.spatial import cKDTree
 from torch import nn
 
 from occbench.data.batch import PointBatch
@@ -107,7 +108,7 @@ def neighbour_pairs_brute_force(queries: torch.Tensor, latent: torch.Tensor, rad
     O(Q N) time and memory (about 290 ms a default frame on one core): the
     reference ``neighbour_pairs`` is tested and benchmarked against. Distances
     are computed directly, not through cdist's matrix-product shortcut, whose
-    rounding (1e-5 m at 50 m) would move pairs across the radius.
+    rounding (up to 0.5 mm for points 50 m out) would move pairs across the radius.
     """
     k = min(max_neighbours, latent.shape[0])
     query_rows, latent_rows = [], []
@@ -136,8 +137,6 @@ def neighbour_pairs(queries: torch.Tensor, latent: torch.Tensor, radius: float,
     # for a torch hash grid of radius-sized cells (27-cell candidates, exact
     # distance, top-k: 0.8M candidates a frame, gathers dominate)
     # and 260-310 ms for brute force; the copies are 0.5 MB a frame.
-    from scipy.spatial import cKDTree
-
     k = min(max_neighbours, latent.shape[0])
     tree = cKDTree(latent.detach().cpu().numpy())
     # A hair beyond the radius, then the radius test on torch's float32
