@@ -37,7 +37,8 @@ pretrain.methods.also):
   ray frame "behind the hit" is the sign of one input, which the decoder
   learns on its own: it scores higher on the pretext but leaves less for the
   backbone to learn (a decoder trained on a frozen random backbone comes
-  within 3 points of the trained pair). In the sensor frame the backbone's
+  within about 3 points of the trained pair, against 6-13 points in the
+  sensor frame). In the sensor frame the backbone's
   features have to say which way the sensor lies. Measurements in
   params.yaml, benchmarks/also_pretext.py measures them.
 """
