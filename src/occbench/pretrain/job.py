@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -20,26 +21,27 @@ from occbench.pretrain import METHODS
 from occbench.pretrain.base import PretrainModel, RunContext
 from occbench.provenance import environment
 from occbench.training import TrainConfig, fit, seed_everything
-from occbench.training.loop import resolve_device
+from occbench.training.loop import resolve_device, step_seed
 from occbench.workflow.grid import PretrainRun, digest, index_path, pretrain_digest, split_path
 
 PRETEXT_STREAM = 2**32 - 1  # the random stream of held-out pretext metrics, apart from every epoch's
 
 
 @torch.no_grad()
-def pretext_metrics(model: PretrainModel, index: FrameIndex, frame_ids: list[str], batch_size: int,
-                    seed: int, device: torch.device, workers: int) -> dict[str, float]:
-    """The method's pretext metrics on held-out frames, frame-weighted, with fixed random streams."""
+def pretext_metrics(model: PretrainModel, index: FrameIndex, frame_ids: list[str], seed: int,
+                    device: torch.device, workers: int) -> dict[str, float]:
+    """The method's pretext metrics on held-out frames: each the mean over frames of its value on
+    one frame (a frame at a time), with random streams fixed by (seed, frame position)."""
     model.eval()
-    totals: dict[str, float] = {}
-    loader = evaluation_loader(index, frame_ids, batch_size, model.method.needs, workers)
-    for step, batch in enumerate(loader):
-        generator = torch.Generator().manual_seed(
-            int(np.random.SeedSequence([seed, PRETEXT_STREAM, step]).generate_state(1, np.uint64)[0] >> 1))
-        metrics = model.pretext_metrics(batch.to(device), generator)
-        for key, value in metrics.items():
-            totals[key] = totals.get(key, 0.0) + value * len(batch)
-    return {key: value / len(frame_ids) for key, value in totals.items()}
+    per_frame: dict[str, list[float]] = {}
+    loader = evaluation_loader(index, frame_ids, 1, model.method.needs, workers)
+    for position, batch in enumerate(loader):
+        generator = torch.Generator().manual_seed(step_seed(seed, PRETEXT_STREAM, position))
+        for key, value in model.pretext_metrics(batch.to(device), generator).items():
+            per_frame.setdefault(key, []).append(value)
+    # A frame without a value (NaN: e.g. no query of a kind) does not count for that metric.
+    return {key: float(np.mean(kept)) if (kept := [v for v in values if not math.isnan(v)]) else math.nan
+            for key, values in per_frame.items()}
 
 
 def pretrain(params: dict, run: PretrainRun) -> None:
@@ -68,12 +70,12 @@ def pretrain(params: dict, run: PretrainRun) -> None:
 
     started = time.perf_counter()
     workers = execution["loader_workers"]
-    pretext_init = pretext_metrics(model.to(device), index, val_ids, config.batch_size, settings["seed"], device,
-                                   workers) if main_rank else {}
+    pretext_init = pretext_metrics(model.to(device), index, val_ids, settings["seed"], device, workers) \
+        if main_rank else {}
     result = fit(model, dataset, needs, config, execution, run.directory, resume_key, desc=run.method)
     if not main_rank:
         return
-    pretext_final = pretext_metrics(model, index, val_ids, config.batch_size, settings["seed"], device, workers)
+    pretext_final = pretext_metrics(model, index, val_ids, settings["seed"], device, workers)
     trained = sorted(name.removeprefix("backbone.") for name in result.trained_parameters
                      if name.startswith("backbone."))
     meta = {
