@@ -9,7 +9,9 @@ after a resume in the middle of an epoch.
 from __future__ import annotations
 
 import signal
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -20,7 +22,9 @@ from occbench.data.augment import GlobalAugmentation
 from occbench.data.batch import collate, subsample
 from occbench.data.dataset import FrameIndex
 from occbench.data.frame import Frame
+from occbench.data.splits import read_split
 from occbench.preemption import PREEMPT_SIGNALS
+from occbench.workflow.grid import index_path, split_path
 
 FrameTransform = Callable[[Frame, np.random.Generator], Frame]
 
@@ -117,6 +121,31 @@ def frame_loader(dataset: FrameDataset, sampler: Sampler, needs: frozenset[str],
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
                       collate_fn=partial(collate, needs=needs, source=dataset.index.path),
                       worker_init_fn=_worker_init if workers else None)
+
+
+@dataclass(frozen=True)
+class RunFrames:
+    """What a training run reads of its dataset: the index, its split file and frames, the held-out frames."""
+
+    index: FrameIndex
+    split_file: Path
+    train_ids: list[str]
+    val_ids: list[str]
+
+    @classmethod
+    def read(cls, dataset: str, subset: str, fraction: float) -> "RunFrames":
+        index = FrameIndex(index_path(dataset))
+        split_file = split_path(dataset, subset, fraction)
+        val_ids = index.ids("val")
+        if not val_ids:
+            raise ValueError(f"{index.path}: the dataset has no 'val' frames to evaluate on")
+        return cls(index, split_file, read_split(split_file, set(index.frames)), val_ids)
+
+    def training_set(self, params: dict, seed: int) -> FrameDataset:
+        """The split's frames under params.yaml's augmentation, subsampled to voxelization.max_points."""
+        return FrameDataset(self.index, self.train_ids, seed, shuffle=True,
+                            augmentation=GlobalAugmentation.from_dict(params["augmentation"]),
+                            max_points=params["voxelization"]["max_points"])
 
 
 def evaluation_loader(index: FrameIndex, frame_ids: Sequence[str], batch_size: int, needs: frozenset[str],

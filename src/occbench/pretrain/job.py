@@ -9,11 +9,9 @@ import time
 import numpy as np
 import torch
 
-from occbench.data.augment import GlobalAugmentation
 from occbench.data.batch import check_needs
 from occbench.data.dataset import FrameIndex
-from occbench.data.loader import FrameDataset, evaluation_loader
-from occbench.data.splits import read_split
+from occbench.data.loader import RunFrames, evaluation_loader
 from occbench.io import sha256_file, write_json
 from occbench.models.backbone import SparseBackbone
 from occbench.models.checkpoint import save_checkpoint
@@ -22,7 +20,7 @@ from occbench.pretrain.base import PretrainModel, RunContext
 from occbench.provenance import environment
 from occbench.training import TrainConfig, fit, seed_everything
 from occbench.training.loop import resolve_device, step_seed
-from occbench.workflow.grid import PretrainRun, digest, index_path, pretrain_digest, split_path
+from occbench.workflow.grid import PretrainRun, digest, pretrain_digest
 
 PRETEXT_STREAM = 2**32 - 1  # the random stream of held-out pretext metrics, apart from every epoch's
 
@@ -47,21 +45,15 @@ def pretext_metrics(model: PretrainModel, index: FrameIndex, frame_ids: list[str
 def pretrain(params: dict, run: PretrainRun) -> None:
     settings, execution = params["pretrain"], params["execution"]
     seed_everything(settings["seed"], execution["threads"])
-    index = FrameIndex(index_path(run.dataset))
-    split_file = split_path(run.dataset, "pretrain", run.fraction)
-    frame_ids = read_split(split_file, set(index.frames))
-    val_ids = index.ids("val")
-    if not val_ids:
-        raise ValueError(f"{index.path}: no 'val' frames to measure the pretext task on")
+    frames = RunFrames.read(run.dataset, "pretrain", run.fraction)
+    index, split_file, frame_ids, val_ids = frames.index, frames.split_file, frames.train_ids, frames.val_ids
 
     backbone = SparseBackbone.from_params(params, run.backbone)
     context = RunContext(index, tuple(frame_ids), run.directory)
     method = METHODS[run.method](backbone, settings["methods"][run.method], context)
     needs = check_needs(method.needs, f"method {run.method}")
     model = PretrainModel(backbone, method)
-    dataset = FrameDataset(index, frame_ids, settings["seed"], shuffle=True,
-                           augmentation=GlobalAugmentation.from_dict(params["augmentation"]),
-                           max_points=params["voxelization"]["max_points"])
+    dataset = frames.training_set(params, settings["seed"])
     config = TrainConfig.from_settings(settings, settings["seed"], settings["epochs"])
     params_digest = pretrain_digest(params, run)
     resume_key = digest({"params": params_digest, "split": sha256_file(split_file)})  # every input it reads

@@ -7,11 +7,9 @@ import time
 
 import torch
 
-from occbench.data.augment import GlobalAugmentation
 from occbench.data.batch import check_needs
 from occbench.data.dataset import FrameIndex
-from occbench.data.loader import FrameDataset, evaluation_loader
-from occbench.data.splits import read_split
+from occbench.data.loader import RunFrames, evaluation_loader
 from occbench.io import sha256_file, sha256_json, write_json
 from occbench.models.backbone import SparseBackbone
 from occbench.models.checkpoint import load_backbone, read_checkpoint
@@ -21,7 +19,7 @@ from occbench.tasks import TASKS
 from occbench.tasks.base import FinetuneModel
 from occbench.training import TrainConfig, fit, save_torch, seed_everything
 from occbench.training.loop import STATE_FILE, resolve_device
-from occbench.workflow.grid import FinetuneRun, digest, finetune_digest, index_path, split_path
+from occbench.workflow.grid import FinetuneRun, digest, finetune_digest
 
 
 def epochs_for(schedule: list[dict], label_fraction: float) -> int:
@@ -67,15 +65,9 @@ def finetune(params: dict, run: FinetuneRun) -> dict:
     load_report = load_pretrained(backbone, run, params["finetune"]["min_loaded_fraction"])
     needs = check_needs(task.needs, f"task {run.task}")
 
-    index = FrameIndex(index_path(run.finetune_dataset))
-    split_file = split_path(run.finetune_dataset, "labels", run.label_fraction)
-    train_ids = read_split(split_file, set(index.frames))
-    val_ids = index.ids("val")
-    if not val_ids:
-        raise ValueError(f"{index.path}: dataset has no 'val' frames to evaluate on")
-    dataset = FrameDataset(index, train_ids, run.seed, shuffle=True,
-                           augmentation=GlobalAugmentation.from_dict(params["augmentation"]),
-                           max_points=params["voxelization"]["max_points"])
+    frames = RunFrames.read(run.finetune_dataset, "labels", run.label_fraction)
+    index, split_file, train_ids, val_ids = frames.index, frames.split_file, frames.train_ids, frames.val_ids
+    dataset = frames.training_set(params, run.seed)
     config = TrainConfig.from_settings(settings, run.seed, epochs_for(settings["epochs"], run.label_fraction))
     params_digest = finetune_digest(params, run)
     # The resume key: every input the run reads, the files' contents included.

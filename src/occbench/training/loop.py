@@ -234,6 +234,7 @@ def fit(model: nn.Module, dataset: FrameDataset, needs: frozenset[str], config: 
                 timing["backward"] += backward_seconds
                 timed_steps += 1
 
+                clock.lap()  # logging and state saves are not the next step's data time
                 stop = any_rank(bool(received), ddp, device)
                 last_of_epoch = step + 1 == steps_per_epoch
                 if last_of_epoch:
