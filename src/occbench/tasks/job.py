@@ -82,7 +82,7 @@ def finetune(params: dict, run: FinetuneRun) -> dict:
     train_seconds = time.perf_counter() - started
     device = resolve_device(execution["device"], int(os.environ.get("LOCAL_RANK", "0")))
     metrics = evaluate(model, index, val_ids, config.batch_size, device, execution["loader_workers"])
-    save_torch(model.state_dict(), run.directory / "model.pt")
+    save_torch({name: value.cpu() for name, value in model.state_dict().items()}, run.directory / "model.pt")
     write_json(run.directory / "run_meta.json", {
         "run": run.coordinates(),
         "seed": run.seed,
