@@ -87,3 +87,27 @@ def test_checkpoint_of_another_backbone_is_refused(workdir, capsys):
     finally:
         shutil.copy("good.pt", checkpoint)
     assert torch.load(checkpoint, weights_only=True)["backbone"]  # restored for later tests
+
+
+def test_linear_probe_keeps_the_pretrained_backbone_and_its_batchnorm_statistics(workdir):
+    """backbone_lr_scale 0: only the head trains; the backbone is exactly the checkpoint's."""
+    import torch
+    import yaml
+
+    from occbench.models.backbone import SparseBackbone
+    from occbench.tasks.segmentation import SegmentationTask
+    from smoke import smoke_params
+
+    with open("probe.yaml", "w") as handle:
+        yaml.safe_dump({"finetune": {"segmentation": {"backbone_lr_scale": 0.0}}}, handle)
+    assert occbench("--params", "probe.yaml", "finetune", "--task", "segmentation", "--backbone", "small",
+                    "--dataset", "synthetic", "--source", "also-synthetic-pt_1", "--label-fraction", "0.5",
+                    "--seed", "4") == 0
+    source = torch.load("results/pretrain/small/synthetic/also/pt_1/checkpoint.pt", weights_only=True)["backbone"]
+    tuned = torch.load(f"{_run_dir('also-synthetic-pt_1', 4)}/model.pt", weights_only=True)
+    assert any("running_mean" in name for name in source)
+    assert all(torch.equal(tuned[f"backbone.{name}"], value) for name, value in source.items())
+    torch.manual_seed(4)  # the run's seeded init of the head, rebuilt
+    backbone = SparseBackbone.from_params(smoke_params(), "small")
+    initial_head = SegmentationTask(backbone, {}).head.weight
+    assert not torch.equal(tuned["task.head.weight"], initial_head)

@@ -7,8 +7,8 @@ from occbench.training.optim import build_optimizer, build_schedule
 
 
 def _lrs(schedule: dict, total: int) -> list[float]:
-    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], {"name": "adamw", "lr": 1.0,
-                                                                        "weight_decay": 0.0})
+    optimizer = build_optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))]}],
+                                {"name": "adamw", "lr": 1.0, "weight_decay": 0.0})
     scheduler = build_schedule(optimizer, schedule, total)
     lrs = []
     for _ in range(total):
@@ -33,3 +33,15 @@ def test_onecycle_peaks_after_its_warmup_share_and_ends_near_zero():
     lrs = _lrs({"name": "onecycle", "warmup_fraction": 0.3}, 100)
     assert max(lrs) == pytest.approx(1.0, rel=1e-3) and lrs.index(max(lrs)) in (29, 30)
     assert lrs[-1] < 1e-3
+
+
+def test_each_group_trains_at_its_share_of_the_lr_through_the_schedule():
+    slow, fast = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    optimizer = build_optimizer([{"params": [slow], "lr_scale": 0.1}, {"params": [fast]}],
+                                {"name": "sgd", "lr": 2.0, "weight_decay": 0.0})
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.2, 2.0])
+    scheduler = build_schedule(optimizer, {"name": "onecycle", "warmup_fraction": 0.5}, 10)
+    for _ in range(4):  # OneCycleLR peaks at step pct_start * total - 1
+        optimizer.step()
+        scheduler.step()
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.2, 2.0])

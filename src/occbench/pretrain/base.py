@@ -60,6 +60,9 @@ class PretrainModel(nn.Module):
         super().__init__()
         self.backbone, self.method = backbone, method
 
+    def parameter_groups(self) -> list[dict]:
+        return [{"params": list(self.parameters())}]
+
     def run(self, batch: Batch, generator: torch.Generator) -> tuple[BackboneOutput, VoxelBatch]:
         voxels = voxelize(batch.points, batch.intensity, self.backbone.grid)
         seen = self.method.backbone_input(voxels, batch, generator)

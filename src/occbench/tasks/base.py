@@ -49,11 +49,34 @@ class Task(nn.Module):
 
 
 class FinetuneModel(nn.Module):
-    """Backbone + task head as one module, the unit the engine trains."""
+    """Backbone + task head as one module, the unit the engine trains.
 
-    def __init__(self, backbone: SparseBackbone, task: Task):
+    ``backbone_lr_scale``: the backbone trains at this share of the lr, the head at
+    the full lr. 0 freezes the backbone, BatchNorm statistics included: a linear
+    probe of what its (pre-trained or random) features carry.
+    """
+
+    def __init__(self, backbone: SparseBackbone, task: Task, backbone_lr_scale: float = 1.0):
         super().__init__()
-        self.backbone, self.task = backbone, task
+        self.backbone, self.task, self.backbone_lr_scale = backbone, task, backbone_lr_scale
+        if self.frozen:
+            self.backbone.requires_grad_(False)
+
+    @property
+    def frozen(self) -> bool:
+        return self.backbone_lr_scale == 0
+
+    def train(self, mode: bool = True) -> "FinetuneModel":
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
+
+    def parameter_groups(self) -> list[dict]:
+        head = {"params": list(self.task.parameters())}
+        if self.frozen:
+            return [head]
+        return [{"params": list(self.backbone.parameters()), "lr_scale": self.backbone_lr_scale}, head]
 
     def run(self, batch: Batch) -> tuple[BackboneOutput, torch.Tensor, VoxelBatch]:
         voxels = voxelize(batch.points, batch.intensity, self.backbone.grid)

@@ -61,7 +61,7 @@ def finetune(params: dict, run: FinetuneRun) -> dict:
     seed_everything(run.seed, execution["threads"])
     backbone = SparseBackbone.from_params(params, run.backbone)
     task = TASKS[run.task](backbone, settings)
-    model = FinetuneModel(backbone, task)
+    model = FinetuneModel(backbone, task, settings["backbone_lr_scale"])
     load_report = load_pretrained(backbone, run, params["finetune"]["min_loaded_fraction"])
     needs = check_needs(task.needs, f"task {run.task}")
 

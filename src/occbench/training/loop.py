@@ -128,6 +128,7 @@ def fit(model: nn.Module, dataset: FrameDataset, needs: frozenset[str], config: 
         run_dir: Path, digest: str, desc: str) -> FitResult:
     """Train ``model`` on ``dataset`` for ``config.epochs``; resume from ``run_dir``'s state when its digest matches.
 
+    ``model.parameter_groups()`` names what trains and at which share of the lr.
     ``execution``: params.yaml's section (device, amp, loader_workers, state_every_steps).
     The model is moved to the device and trained in place.
     """
@@ -141,7 +142,7 @@ def fit(model: nn.Module, dataset: FrameDataset, needs: frozenset[str], config: 
         raise ValueError(f"{run_dir}: {len(dataset)} frames give no step of batch {config.batch_size} "
                          f"on {ddp.world_size} ranks")
     total_steps = config.epochs * steps_per_epoch
-    optimizer = build_optimizer(model.parameters(), config.optimizer)
+    optimizer = build_optimizer(model.parameter_groups(), config.optimizer)
     scheduler = build_schedule(optimizer, config.schedule, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     state_path = run_dir / STATE_FILE

@@ -14,9 +14,15 @@ OPTIMIZERS = {
 SCHEDULES = ("onecycle", "cosine", "constant")
 
 
-def build_optimizer(parameters: Iterable[torch.nn.Parameter], settings: dict) -> torch.optim.Optimizer:
-    """settings: {name, lr, weight_decay}; sgd has Nesterov-free momentum 0.9."""
-    return OPTIMIZERS[settings["name"]](parameters, lr=settings["lr"], weight_decay=settings["weight_decay"])
+def build_optimizer(groups: Iterable[dict], settings: dict) -> torch.optim.Optimizer:
+    """settings: {name, lr, weight_decay}; sgd has Nesterov-free momentum 0.9.
+
+    groups: [{"params": [...], "lr_scale": s}]: a group trains at lr x s (e.g. a
+    pre-trained backbone slower than a new head).
+    """
+    lr = settings["lr"]
+    return OPTIMIZERS[settings["name"]]([{"params": g["params"], "lr": lr * g.get("lr_scale", 1.0)} for g in groups],
+                                        lr=lr, weight_decay=settings["weight_decay"])
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, settings: dict,
@@ -28,9 +34,9 @@ def build_schedule(optimizer: torch.optim.Optimizer, settings: dict,
     lr / 10 over warmup_fraction of the steps (none at 0), then cosine to 0 or flat.
     """
     name, warmup = settings["name"], settings["warmup_fraction"]
-    lr = optimizer.param_groups[0]["lr"]
     if name == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=total_steps,
+        peaks = [group["lr"] for group in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, peaks, total_steps=total_steps,
                                                    pct_start=max(warmup, 1.0 / total_steps))
     warmup_steps = int(round(warmup * total_steps))
     rest = max(total_steps - warmup_steps, 1)
