@@ -19,7 +19,7 @@ from occbench.pretrain import METHODS
 from occbench.pretrain.base import PretrainModel, RunContext
 from occbench.provenance import environment
 from occbench.training import TrainConfig, fit, seed_everything
-from occbench.training.loop import resolve_device, step_seed
+from occbench.training.loop import STATE_FILE, resolve_device, step_seed
 from occbench.workflow.grid import PretrainRun, digest, pretrain_digest
 
 PRETEXT_STREAM = 2**32 - 1  # the random stream of held-out pretext metrics, apart from every epoch's
@@ -87,4 +87,4 @@ def pretrain(params: dict, run: PretrainRun) -> None:
     }
     save_checkpoint(run.checkpoint, backbone.cpu(), meta, trained)
     write_json(run.directory / "run_meta.json", meta)
-    (run.directory / "train_state.pt").unlink(missing_ok=True)
+    (run.directory / STATE_FILE).unlink(missing_ok=True)
