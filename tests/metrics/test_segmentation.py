@@ -78,3 +78,16 @@ def test_empty_matrix_gives_null_metrics():
     assert metrics == {"miou": None, "accuracy": None, "iou": {"road": None, "car": None}}
     with pytest.raises(ValueError, match="class names"):
         segmentation_metrics(ConfusionMatrix(2), ["road"])
+
+
+def test_bootstrap_over_two_frames_spans_their_own_mious():
+    """Resampling 2 frames gives {A, A}, {A, B}, {B, B}; doubling a frame's counts keeps its IoUs, and each
+    pure resample has probability 1/4 > 2.5 %, so the 95 % interval runs from one frame's mIoU to the other's."""
+    from occbench.metrics.segmentation import bootstrap_miou_interval
+
+    perfect = np.diag([5, 5])  # mIoU 1
+    half = np.array([[5, 5], [0, 5]])  # IoU 5/10 and 5/10: mIoU 0.5
+    low, high = bootstrap_miou_interval(np.stack([perfect, half]))
+    assert (low, high) == (0.5, 1.0)
+    same = bootstrap_miou_interval(np.stack([half, half, half]))
+    assert same == (0.5, 0.5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+from scipy import stats
 
 from occbench.data.taxonomy import IGNORE_INDEX
 from occbench.metrics.stats import nan_to_none
@@ -58,6 +59,27 @@ class ConfusionMatrix:
     def accuracy(self) -> float:
         total = self.matrix.sum()
         return float(np.trace(self.matrix) / total) if total else float("nan")
+
+
+def bootstrap_miou_interval(frame_matrices: np.ndarray, seed: int = 0,
+                            resamples: int = 2000) -> tuple[float, float]:
+    """95 % percentile interval of the mIoU when the held-out frames are resampled with replacement.
+
+    ``frame_matrices``: (frames, C, C), one confusion matrix per held-out frame. The
+    interval says how much of a run's score comes from which frames happen to be
+    held out, the validation sampling error (scipy.stats.bootstrap over frames).
+    """
+    frame_matrices = np.asarray(frame_matrices)
+    num_classes = frame_matrices.shape[1]
+
+    def miou_of(rows: np.ndarray) -> float:
+        cm = ConfusionMatrix(num_classes)
+        cm.matrix = frame_matrices[rows.astype(np.int64)].sum(axis=0)
+        return cm.miou()
+
+    result = stats.bootstrap((np.arange(len(frame_matrices)),), miou_of, vectorized=False, n_resamples=resamples,
+                             method="percentile", rng=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def segmentation_metrics(cm: ConfusionMatrix, class_names: Sequence[str]) -> dict:

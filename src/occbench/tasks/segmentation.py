@@ -3,34 +3,46 @@
 Training uses the labelled frames of one nested label fraction; evaluation
 scores every point of every held-out frame, carrying voxel predictions back to
 the points (points outside the voxel grid take their nearest voxel), so the
-figure is the full-cloud mIoU, not a training-loop proxy (ALSO#5).
+figure is the full-cloud mIoU, not a training-loop proxy (ALSO#5). Beside it,
+``val_bootstrap`` gives the 95 % interval of that mIoU over resamples of the
+held-out frames: the part of a run's uncertainty that is the validation sample.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from occbench.data.batch import Batch
 from occbench.data.taxonomy import CLASSES, IGNORE_INDEX, NUM_CLASSES
-from occbench.metrics.segmentation import ConfusionMatrix, segmentation_metrics
+from occbench.metrics.segmentation import ConfusionMatrix, bootstrap_miou_interval, segmentation_metrics
+from occbench.metrics.stats import nan_to_none
 from occbench.models.backbone import BackboneOutput, SparseBackbone
 from occbench.models.voxelize import VoxelBatch, points_to_voxel_rows
 from occbench.tasks.base import Evaluator, Task
 
 
 class SegmentationEvaluator(Evaluator):
+    """One confusion matrix over every held-out point, kept per frame for the validation bootstrap."""
+
     def __init__(self) -> None:
-        self.confusion = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX)
+        self.frames: list[np.ndarray] = []
 
     def update(self, output: BackboneOutput, predictions: torch.Tensor, batch: Batch, voxels: VoxelBatch) -> None:
         voxel_class = predictions.argmax(dim=1)
         for rows, labels in zip(points_to_voxel_rows(voxels, batch.points, output.grid), batch.semantic):
-            self.confusion.update(voxel_class[rows], labels)
+            confusion = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX)
+            confusion.update(voxel_class[rows], labels)
+            self.frames.append(confusion.matrix)
 
     def result(self) -> dict:
-        return segmentation_metrics(self.confusion, CLASSES)
+        confusion = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX)
+        confusion.matrix = np.sum(self.frames, axis=0)
+        low, high = bootstrap_miou_interval(np.stack(self.frames))
+        return {**segmentation_metrics(confusion, CLASSES),
+                "val_bootstrap": {"miou_low": nan_to_none(low), "miou_high": nan_to_none(high)}}
 
 
 class SegmentationTask(Task):
