@@ -111,7 +111,7 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_weights(reference,
     command = PRETRAIN if verb == "pretrain" else FINETUNE
     killed = _interrupt(tmp_path, command, after_rows=KILL_AFTER_ROWS, how=signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL
-    state = torch.load(tmp_path / RUN_DIRS[verb] / "train_state.pt", weights_only=False)
+    state = torch.load(tmp_path / RUN_DIRS[verb] / "train_state.pt", weights_only=True)
     assert state["progress"]["epoch"] == 1 and state["progress"]["step"] in (2, 3), state["progress"]
     resumed = _run(tmp_path, command)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -126,7 +126,7 @@ def test_sigterm_saves_the_current_step_and_exits_for_requeue(reference, tmp_pat
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
     assert "SIGTERM received at epoch" in stopped.stderr
     assert not (tmp_path / RUN_DIRS["pretrain"] / "checkpoint.pt").exists()
-    state = torch.load(tmp_path / RUN_DIRS["pretrain"] / "train_state.pt", weights_only=False)
+    state = torch.load(tmp_path / RUN_DIRS["pretrain"] / "train_state.pt", weights_only=True)
     saved = state["progress"]
     assert f"epoch {saved['epoch']} step {saved['step']}; resume state saved" in stopped.stderr
     resumed = _run(tmp_path, PRETRAIN)

@@ -152,7 +152,7 @@ def fit(model: nn.Module, dataset: FrameDataset, needs: frozenset[str], config: 
     progress_state = {"epoch": 0, "step": 0, "sums": {}, "history": [], "trained": set()}
     resumed_from = None
     if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=False)
+        state = torch.load(state_path, map_location=device, weights_only=True)  # no pickled code runs
         if state["digest"] == digest:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
