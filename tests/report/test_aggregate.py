@@ -5,7 +5,7 @@ import pytest
 
 from occbench.report.aggregate import collect_runs, dvc_metrics, fraction_key, summarise
 
-T_DF1 = 12.706205  # t_{0.975, 1}: two seeds
+T_DF1, T_DF2 = 12.706205, 4.302653  # t_{0.975, 1} and t_{0.975, 2}: two and three seeds
 # (method, label_fraction) -> mIoU per seed
 MIOU = {
     ("scratch", 0.1): [0.30, 0.34],
@@ -130,6 +130,57 @@ def test_delta_is_nan_without_scratch_and_duplicates_are_rejected(run_dirs):
         summarise(collect_runs(run_dirs + run_dirs[:1]))
 
 
+def paired_runs(tmp_path, scratch, also):
+    """Runs at 10 % labels from {seed: mIoU}, in the order given."""
+    dirs = [write_run(tmp_path, "scratch", 0.1, seed, miou) for seed, miou in scratch.items()]
+    dirs += [write_run(tmp_path, "also", 0.1, seed, miou) for seed, miou in also.items()]
+    summary = summarise(collect_runs(dirs))
+    return summary[summary["metric"] == "miou"].set_index("method")
+
+
+def test_paired_difference_by_hand(tmp_path):
+    """Per seed also - scratch = 0.04, 0.01, 0.07: mean 0.04, s = 0.03."""
+    miou = paired_runs(tmp_path, scratch={3: 0.30, 11: 0.35, 7: 0.40}, also={7: 0.47, 3: 0.34, 11: 0.36})
+    also = miou.loc["also"]
+    assert also["paired_n"] == 3 and also["unpaired_seeds"] == ""
+    assert also["paired_diff_mean"] == pytest.approx(0.04)
+    assert also["paired_diff_ci95"] == pytest.approx(T_DF2 * 0.03 / math.sqrt(3), rel=1e-6)
+    # Unpaired, the cell's own spread (s = 0.07 for 0.34, 0.36, 0.47) would be far wider.
+    assert also["ci95"] == pytest.approx(T_DF2 * 0.07 / math.sqrt(3), rel=1e-6)
+    assert also["delta_scratch"] == pytest.approx(0.04)
+    scratch = miou.loc["scratch"]  # paired with itself
+    assert (scratch["paired_n"], scratch["paired_diff_mean"], scratch["paired_diff_ci95"]) == (3, 0.0, 0.0)
+
+
+def test_pairing_is_by_seed_not_by_order(tmp_path):
+    """Seeds 3, 11, 7 against 7, 11, 3 paired in written order would give 0.17, 0.01, -0.06, a wider interval."""
+    by_seed = paired_runs(tmp_path, scratch={3: 0.30, 11: 0.35, 7: 0.40}, also={3: 0.34, 11: 0.36, 7: 0.47})
+    (tmp_path / "shuffled").mkdir()
+    shuffled = paired_runs(tmp_path / "shuffled", scratch={3: 0.30, 11: 0.35, 7: 0.40},
+                           also={7: 0.47, 11: 0.36, 3: 0.34})
+    for summary in (by_seed, shuffled):
+        assert summary.loc["also", "paired_diff_ci95"] == pytest.approx(T_DF2 * 0.03 / math.sqrt(3), rel=1e-6)
+
+
+def test_seed_without_scratch_partner_is_named_not_dropped(tmp_path):
+    """Seed 2 has no scratch run: the pairs are seeds 0 and 1 (0.04, 0.01), and summarise says so."""
+    also = paired_runs(tmp_path, scratch={0: 0.30, 1: 0.35}, also={0: 0.34, 1: 0.36, 2: 0.47}).loc["also"]
+    assert (also["n_seeds"], also["paired_n"], also["unpaired_seeds"]) == (3, 2, "2")
+    assert also["paired_diff_mean"] == pytest.approx(0.025)
+    assert also["paired_diff_ci95"] == pytest.approx(T_DF1 * 0.015, rel=1e-6)
+    (tmp_path / "none").mkdir()
+    alone = paired_runs(tmp_path / "none", scratch={}, also={0: 0.34, 2: 0.47}).loc["also"]
+    assert (alone["paired_n"], alone["unpaired_seeds"]) == (0, "0,2")
+    assert math.isnan(alone["paired_diff_mean"]) and math.isnan(alone["paired_diff_ci95"])
+
+
+def test_scratch_naming_a_pretraining_is_refused(run_dirs):
+    runs = collect_runs(run_dirs)
+    runs.loc[runs["method"] == "scratch", "pretrain_dataset"] = "synthetic"
+    with pytest.raises(ValueError, match="scratch runs must not name a pre-training"):
+        summarise(runs)
+
+
 def test_dvc_metrics_numbers_only_and_dot_free_keys(run_dirs):
     summary = summarise(collect_runs(run_dirs))
     metrics = dvc_metrics(summary, {"segmentation": "miou"})
@@ -137,10 +188,13 @@ def test_dvc_metrics_numbers_only_and_dot_free_keys(run_dirs):
     assert set(rows) == {"scratch", "also@synthetic_pt_100pct"}
     assert set(rows["scratch"]) == {"labels_10pct", "labels_100pct"}
     cell = rows["also@synthetic_pt_100pct"]["labels_100pct"]
-    assert set(cell) == {"mean", "ci95", "delta_scratch"}
+    assert set(cell) == {"mean", "ci95", "delta_scratch", "paired_diff_mean", "paired_diff_ci95"}
     assert cell["mean"] == pytest.approx(0.61)
     assert cell["ci95"] == pytest.approx(T_DF1 * 0.01, rel=1e-6)
     assert cell["delta_scratch"] == pytest.approx(0.09)
+    # Per seed 0.60 - 0.50 = 0.10 and 0.62 - 0.54 = 0.08: s / sqrt(2) = 0.01.
+    assert cell["paired_diff_mean"] == pytest.approx(0.09)
+    assert cell["paired_diff_ci95"] == pytest.approx(T_DF1 * 0.01, rel=1e-6)
 
     def walk(node, path=()):
         for key, value in node.items():
@@ -151,7 +205,7 @@ def test_dvc_metrics_numbers_only_and_dot_free_keys(run_dirs):
                 yield value
 
     values = list(walk(metrics))
-    assert len(values) == 4 * 3
+    assert len(values) == 4 * 5
     assert all(type(value) is float for value in values)
     json.dumps(metrics, allow_nan=False)
 
@@ -163,6 +217,8 @@ def test_dvc_metrics_writes_single_seed_interval_as_null(tmp_path):
         "mean": 0.3,
         "ci95": None,
         "delta_scratch": 0.0,
+        "paired_diff_mean": 0.0,
+        "paired_diff_ci95": None,
     }
     with pytest.raises(ValueError, match="main metric"):
         dvc_metrics(summarise(collect_runs([run_dir])), {})

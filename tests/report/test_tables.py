@@ -3,16 +3,18 @@ import csv
 import pandas as pd
 import pytest
 
-from occbench.report.aggregate import summarise
+from occbench.report.aggregate import read_summary, summarise
 from occbench.report.tables import format_cell, latex_escape, write_tables
 
 MAIN_METRICS = {"segmentation": "miou"}
-# (method, label_fraction) -> mIoU per seed; "occ" has one seed and no 100 % run.
+# (method, label_fraction) -> mIoU per seed 0, 1, ...; "occ" has one seed and no 100 % run.
+# At 10 %, also - scratch per seed = 0.04, 0.01, 0.07: mean 4.0, s = 3 points, t_{0.975,2} * 3 / sqrt(3) = 7.5,
+# while the cell's own spread (s = 7 points) gives 17.4; at 100 %: 0.10, 0.08 -> 9.0 +- 12.706 * 1 = 12.7.
 MIOU = {
-    ("scratch", 0.1): [0.30, 0.34],
+    ("scratch", 0.1): [0.30, 0.35, 0.40],
     ("scratch", 1.0): [0.50, 0.54],
-    ("occ", 0.1): [0.30],
-    ("also", 0.1): [0.40, 0.44],
+    ("occ", 0.1): [0.28],
+    ("also", 0.1): [0.34, 0.36, 0.47],
     ("also", 1.0): [0.60, 0.62],
 }
 
@@ -62,14 +64,18 @@ def test_file_names(tables, tmp_path):
 def test_markdown_cells_and_row_order(tables):
     lines = tables[".md"].read_text().splitlines()
     caption = lines[0]
-    for phrase in ("mIoU", "segmentation", "synthetic", "small", "1–2 seeds", "95 % t-interval"):
-        assert phrase in caption
+    assert caption == (
+        "mIoU (%) for segmentation fine-tuned on synthetic, backbone small: mean ± half-width of the 95 % "
+        "t-interval over 1–3 training seeds, all on one fixed label split per label fraction; (paired difference "
+        "to scratch) in percentage points: mean ± half-width of the 95 % t-interval, over the same seeds, of each "
+        "run minus the scratch run of its seed."
+    )
     assert lines[2:] == [
         "| Method | 10 % | 100 % |",
         "|:---|---:|---:|",
-        "| scratch | 32.0 ± 25.4 | 52.0 ± 25.4 |",
-        "| also (synthetic, 100 %) | 42.0 ± 25.4 (+10.0) | 61.0 ± 12.7 (+9.0) |",
-        "| occ (synthetic, 100 %) | 30.0 (-2.0) | – |",
+        "| scratch | 35.0 ± 12.4 | 52.0 ± 25.4 |",
+        "| also (synthetic, 100 %) | 39.0 ± 17.4 (+4.0 ± 7.5) | 61.0 ± 12.7 (+9.0 ± 12.7) |",
+        "| occ (synthetic, 100 %) | 28.0 (-2.0) | – |",
     ]
 
 
@@ -79,8 +85,10 @@ def test_latex_is_booktabs_and_escaped(tables):
     for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
         assert text.count(rule) == 1
     assert r"    Method & 10 \% & 100 \% \\" in text
-    assert r"    also (synthetic, 100 \%) & 42.0 $\pm$ 25.4 (+10.0) & 61.0 $\pm$ 12.7 (+9.0) \\" in text
-    assert r"    occ (synthetic, 100 \%) & 30.0 (-2.0) & -- \\" in text
+    assert (r"    also (synthetic, 100 \%) & 39.0 $\pm$ 17.4 (+4.0 $\pm$ 7.5) & 61.0 $\pm$ 12.7 (+9.0 $\pm$ 12.7) \\"
+            in text)
+    assert r"    occ (synthetic, 100 \%) & 28.0 (-2.0) & -- \\" in text
+    assert r"(paired difference to scratch)" in text
     assert r"\caption{mIoU (\%) for segmentation" in text
     assert r"\label{tab:segmentation_synthetic_small}" in text
     assert "±" not in text and " % " not in text
@@ -102,7 +110,11 @@ def test_csv_holds_raw_numbers(tables):
     assert float(also_full["delta_scratch"]) == pytest.approx(0.09)
     assert int(also_full["n_seeds"]) == 2
     assert also_full["pretrain_fraction"] == "1.0"
-    assert rows[0]["pretrain_dataset"] == "" and rows[4]["ci95"] == ""
+    also_tenth = rows[2]
+    assert (also_tenth["paired_n"], also_tenth["unpaired_seeds"]) == ("3", "")
+    assert float(also_tenth["paired_diff_mean"]) == pytest.approx(0.04)
+    assert float(also_tenth["paired_diff_ci95"]) == pytest.approx(4.302653 * 0.03 / 3**0.5, rel=1e-6)
+    assert rows[0]["pretrain_dataset"] == "" and rows[4]["ci95"] == "" and rows[4]["paired_diff_ci95"] == ""
 
 
 BEV_NOTE = "BEV neck (to_bev, bev_neck) not pre-trained: 41.0 % of the backbone starts from random init"
@@ -112,7 +124,7 @@ def write_marked(tmp_path, trained, summary_via_csv=False):
     summary = make_summary(trained=trained)
     if summary_via_csv:  # as ``occbench report`` reads it back: "" becomes NaN
         summary.to_csv(tmp_path / "summary.csv", index=False)
-        summary = pd.read_csv(tmp_path / "summary.csv")
+        summary = read_summary(tmp_path / "summary.csv")
     paths = write_tables(summary, MAIN_METRICS, tmp_path, method_order=["also", "occ"])
     return {path.suffix: path.read_text() for path in paths}
 
@@ -132,10 +144,10 @@ def test_source_with_untrained_bev_neck_is_marked(tmp_path, summary_via_csv):
         "Marked sources left backbone modules untrained in pre-training (no gradient reached them). "
         f"† {BEV_NOTE}."
     )
-    assert lines[5].startswith("| also (synthetic, 100 %) † | 42.0 ± 25.4 (+10.0) |")
+    assert lines[5].startswith("| also (synthetic, 100 %) † | 39.0 ± 17.4 (+4.0 ± 7.5) |")
     assert lines[4].startswith("| scratch |") and lines[6].startswith("| occ (synthetic, 100 %) |")
     assert text[".md"].count("†") == 2  # the row and its legend entry
-    assert r"also (synthetic, 100 \%) \textdagger{} & 42.0" in text[".tex"]
+    assert r"also (synthetic, 100 \%) \textdagger{} & 39.0" in text[".tex"]
     assert r"\textdagger{} BEV neck (to\_bev, bev\_neck) not pre-trained: 41.0 \% of the backbone" in text[".tex"]
     rows = list(csv.DictReader(text[".csv"].splitlines()))
     assert [row["row"] for row in rows if row["method"] == "also"] == ["also (synthetic, 100 %) †"] * 2
@@ -157,12 +169,40 @@ def test_distinct_untrained_parts_get_distinct_markers(tmp_path):
     assert lines[6].startswith("| occ (synthetic, 100 %) †† |")
 
 
+@pytest.mark.parametrize("summary_via_csv", [False, True])
+def test_seed_without_scratch_partner_is_marked(tmp_path, summary_via_csv):
+    """Scratch at 10 % lacks seed 2: also's bracket pairs seeds 0 and 1 (0.04, 0.01) and says so."""
+    summary = make_summary({**MIOU, ("scratch", 0.1): [0.30, 0.35]})
+    if summary_via_csv:
+        summary.to_csv(tmp_path / "summary.csv", index=False)
+        summary = read_summary(tmp_path / "summary.csv")
+    paths = write_tables(summary, MAIN_METRICS, tmp_path, method_order=["also", "occ"])
+    text = {path.suffix: path.read_text() for path in paths}
+    lines = text[".md"].splitlines()
+    assert lines[0].endswith(
+        "of each run minus the scratch run of its seed. ‡ Bracket over fewer seeds than the cell: "
+        "also (synthetic, 100 %) at 10 %: 2 of 3 seeds paired, no scratch run of seed 2."
+    )
+    # 12.706205 * 0.015 = 19.1 points; the 100 % cell and occ are fully paired and unmarked.
+    assert lines[5] == "| also (synthetic, 100 %) | 39.0 ± 17.4 (+2.5 ± 19.1) ‡ | 61.0 ± 12.7 (+9.0 ± 12.7) |"
+    assert lines[6] == "| occ (synthetic, 100 %) | 28.0 (-2.0) | – |"
+    assert text[".md"].count("‡") == 2
+    assert r"(+2.5 $\pm$ 19.1) \textdaggerdbl{} &" in text[".tex"]
+    rows = list(csv.DictReader(text[".csv"].splitlines()))
+    assert [(row["paired_n"], row["unpaired_seeds"]) for row in rows if row["method"] == "also"] == [
+        ("2", "2"), ("2", "")
+    ]
+
+
 def test_cell_format_edge_cases():
-    record = {"method": "also", "mean": 0.4123, "ci95": 0.0131, "delta_scratch": -0.0004}
-    assert format_cell(record) == "41.2 ± 1.3 (+0.0)"  # a rounded -0.0 reads as +0.0
-    assert format_cell({**record, "delta_scratch": float("nan")}) == "41.2 ± 1.3"
-    assert format_cell({**record, "method": "scratch", "delta_scratch": 0.0}) == "41.2 ± 1.3"
-    assert latex_escape("a_b & 5 % #1 {x}") == r"a\_b \& 5 \% \#1 \{x\}"
+    record = {"method": "also", "mean": 0.4123, "ci95": 0.0131, "n_seeds": 3, "paired_n": 3,
+              "paired_diff_mean": -0.0004, "paired_diff_ci95": 0.0052}
+    assert format_cell(record) == "41.2 ± 1.3 (+0.0 ± 0.5)"  # a rounded -0.0 reads as +0.0
+    assert format_cell({**record, "paired_n": 1, "paired_diff_ci95": float("nan")}) == "41.2 ± 1.3 (+0.0) ‡"
+    no_scratch = {**record, "paired_n": 0, "paired_diff_mean": float("nan"), "paired_diff_ci95": float("nan")}
+    assert format_cell(no_scratch) == "41.2 ± 1.3 ‡"
+    assert format_cell({**record, "method": "scratch"}) == "41.2 ± 1.3"
+    assert latex_escape("a_b & 5 % #1 {x} ‡") == r"a\_b \& 5 \% \#1 \{x\} \textdaggerdbl{}"
 
 
 def test_one_table_per_dataset_and_backbone(tmp_path):

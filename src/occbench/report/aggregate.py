@@ -49,10 +49,18 @@ SUMMARY_KEYS = (
 )
 # What a pre-trained row is compared with: the scratch row of the same cell.
 SCRATCH_MATCH_KEYS = ("task", "backbone", "finetune_dataset", "label_fraction", "metric")
+# A run's scratch partner: the scratch run of the same cell and training seed. The label
+# split is one file per (dataset, label fraction), seeded by splits.seed, not by the seed.
+PAIR_KEYS = (*SCRATCH_MATCH_KEYS, "seed")
+# Paired difference to scratch over seeds (see ``summarise``).
+PAIRED_COLUMNS = ("paired_n", "paired_diff_mean", "paired_diff_ci95", "unpaired_seeds")
 # One table or plot per combination of these.
 TABLE_KEYS = ("task", "finetune_dataset", "backbone")
 # One table row or plot line per combination of these.
 ROW_KEYS = ("method", "pretrain_dataset", "pretrain_fraction")
+
+# One cell's numbers in the DVC metrics file; its counts (n_seeds, paired_n) stay in the CSV.
+DVC_METRICS = ("mean", "ci95", "delta_scratch", "paired_diff_mean", "paired_diff_ci95")
 
 _METRIC_LABELS = {"miou": "mIoU", "accuracy": "accuracy"}
 
@@ -117,8 +125,37 @@ def collect_runs(run_dirs: Iterable[Path]) -> pd.DataFrame:
                         "value": float})
 
 
+def _pair_with_scratch(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each run with the value of its scratch partner (same PAIR_KEYS; NaN where there is none)."""
+    scratch = runs[runs["method"] == SCRATCH]
+    named = scratch[["pretrain_dataset", "pretrain_fraction"]].notna().any(axis=1)
+    if named.any():
+        raise ValueError(f"scratch runs must not name a pre-training: {scratch[named].iloc[0].to_dict()}")
+    partners = scratch[[*PAIR_KEYS, "value"]].rename(columns={"value": "scratch_value"})
+    return runs.merge(partners, on=list(PAIR_KEYS), how="left", validate="many_to_one")
+
+
+def _paired_columns(group: pd.DataFrame) -> dict[str, Any]:
+    """Mean and 95 % t half-width of run minus scratch over the seeds that have a scratch partner."""
+    diffs = group["value"] - group["scratch_value"]
+    paired = diffs.notna()
+    mean, ci95 = mean_ci95(diffs[paired]) if paired.any() else (math.nan, math.nan)
+    unpaired = sorted(int(seed) for seed in group.loc[~paired, "seed"])
+    return {"paired_n": int(paired.sum()), "paired_diff_mean": mean, "paired_diff_ci95": ci95,
+            "unpaired_seeds": ",".join(map(str, unpaired))}
+
+
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean, 95 % t-interval half-width and difference to scratch over seeds, and what pre-training trained.
+    """Mean and 95 % t-interval half-width over seeds, the difference to scratch, and what pre-training trained.
+
+    ``delta_scratch`` is the difference of the means; ``paired_diff_mean`` and
+    ``paired_diff_ci95`` are the mean and 95 % t half-width of the per-seed
+    differences to the scratch run of the same seed (and label split), which
+    cancel what a seed does to both. A seed without a scratch partner is not
+    dropped silently: ``paired_n`` counts the pairs and ``unpaired_seeds``
+    names the others ("0,2"; "" when all are paired), and tables mark the cell.
+    Raising instead would refuse whole grids over a per-class IoU that is
+    undefined (None) in one scratch run only.
 
     Scratch has no pre-training dataset or fraction (NaN), so grouping keeps
     NaN keys instead of silently dropping every scratch row. Runs of one
@@ -136,18 +173,22 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
                          f"{sources[disagreeing].to_dict('records')[:2]}")
     records = []
     group_keys = [*SUMMARY_KEYS, *PRETRAINED_COLUMNS]  # the latter are constant within a group (checked above)
-    for group_key, values in runs.groupby(group_keys, dropna=False, sort=True)["value"]:
-        mean, ci95 = mean_ci95(values)
-        records.append({**dict(zip(group_keys, group_key)), "n_seeds": len(values), "mean": mean, "ci95": ci95})
-    summary = pd.DataFrame(records, columns=[*group_keys, "n_seeds", "mean", "ci95"])
+    for group_key, group in _pair_with_scratch(runs).groupby(group_keys, dropna=False, sort=True):
+        mean, ci95 = mean_ci95(group["value"])
+        records.append({**dict(zip(group_keys, group_key)), "n_seeds": len(group), "mean": mean, "ci95": ci95,
+                        **_paired_columns(group)})
+    summary = pd.DataFrame(records, columns=[*group_keys, "n_seeds", "mean", "ci95", *PAIRED_COLUMNS])
     scratch = summary.loc[summary["method"] == SCRATCH, [*SCRATCH_MATCH_KEYS, "mean"]]
-    if scratch.duplicated(list(SCRATCH_MATCH_KEYS)).any():
-        raise ValueError("several scratch rows for one setting; scratch runs must not name a pre-training")
     summary = summary.merge(
         scratch.rename(columns={"mean": "scratch_mean"}), on=list(SCRATCH_MATCH_KEYS), how="left"
     )
     summary["delta_scratch"] = summary["mean"] - summary.pop("scratch_mean")
     return summary
+
+
+def read_summary(path: str | Path) -> pd.DataFrame:
+    """summary.csv as ``summarise`` wrote it: list columns stay text ("2" is a seed, not the number 2.0)."""
+    return pd.read_csv(path, dtype={"unpaired_seeds": str, "untrained_modules": str})
 
 
 def main_metric_rows(summary: pd.DataFrame, main_metrics: Mapping[str, str]) -> pd.DataFrame:
@@ -217,7 +258,8 @@ def dvc_metrics(summary: pd.DataFrame, main_metrics: Mapping[str, str]) -> dict:
     """Nested numbers for the DVC metrics file.
 
     task -> finetune_dataset -> backbone -> row id ("scratch", "also@synthetic_pt_100pct")
-    -> "labels_10pct" -> {"mean", "ci95", "delta_scratch"}, NaN written as null.
+    -> "labels_10pct" -> {"mean", "ci95", "delta_scratch", "paired_diff_mean", "paired_diff_ci95"},
+    NaN written as null.
     """
     metrics: dict = {}
     for record in main_metric_rows(summary, main_metrics).to_dict("records"):
@@ -234,5 +276,5 @@ def dvc_metrics(summary: pd.DataFrame, main_metrics: Mapping[str, str]) -> dict:
         node = metrics
         for key in path[:-1]:
             node = node.setdefault(key, {})
-        node[path[-1]] = {name: nan_to_none(record[name]) for name in ("mean", "ci95", "delta_scratch")}
+        node[path[-1]] = {name: nan_to_none(record[name]) for name in DVC_METRICS}
     return metrics

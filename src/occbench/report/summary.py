@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from occbench.io import write_json, write_text
-from occbench.report.aggregate import collect_runs, dvc_metrics, summarise
+from occbench.report.aggregate import collect_runs, dvc_metrics, read_summary, summarise
 from occbench.report.curves import collect_curves
 from occbench.report.plots import plot_label_efficiency, plot_pretrain_scaling
 from occbench.report.tables import write_tables
@@ -34,7 +32,7 @@ def aggregate(grid: Grid, out_dir: Path) -> None:
 
 
 def report(grid: Grid, out_dir: Path) -> None:
-    summary = pd.read_csv(out_dir / "summary.csv")
+    summary = read_summary(out_dir / "summary.csv")
     methods = grid.params["grid"]["methods"]
     write_tables(summary, MAIN_METRICS, out_dir / "tables", method_order=methods)
     plot_label_efficiency(summary, MAIN_METRICS, out_dir / "figures", method_order=methods)

@@ -1,7 +1,10 @@
 """Label-efficiency tables in Markdown (README), LaTeX (paper) and CSV (re-analysis).
 
-Cells read "mean ± ci95 (delta to scratch)" in percentage points with one
-decimal; the CSV keeps the raw numbers instead of the formatted strings.
+Cells read "mean ± ci95 (paired difference to scratch ± its ci95)" in
+percentage points with one decimal; the CSV keeps the raw numbers instead of
+the formatted strings. The bracket pairs each run with the scratch run of the
+same seed, so what a seed does to both cancels; a cell with a seed that has no
+scratch partner is marked ‡ and the caption names the seeds left unpaired.
 
 A source whose pre-training never trained some backbone modules (ALSO never
 reaches the BEV neck) gets a marker (†, then ††, ... for each distinct case)
@@ -31,6 +34,7 @@ from occbench.report.aggregate import (
 
 MISSING_CELL = "–"
 MARKER = "†"
+UNPAIRED_MARKER = "‡"
 # Named parts of the backbone (models/backbone.py), so a caption says "BEV neck" for to_bev + bev_neck.
 BACKBONE_PARTS = {
     "encoder": ("stem", "down1", "down2"),
@@ -51,6 +55,7 @@ _LATEX_ESCAPES = {
     "±": r"$\pm$",
     "–": "--",
     MARKER: r"\textdagger{}",
+    UNPAIRED_MARKER: r"\textdaggerdbl{}",
 }
 CSV_COLUMNS = (
     "row",
@@ -63,19 +68,35 @@ CSV_COLUMNS = (
     "mean",
     "ci95",
     "delta_scratch",
+    "paired_n",
+    "paired_diff_mean",
+    "paired_diff_ci95",
+    "unpaired_seeds",
     "pretrained_fraction",
     "untrained_modules",
 )
 
 
+def _interval(mean: float, ci95: float, signed: bool = False) -> str:
+    """"41.2 ± 1.3" in percentage points; no ± for a single seed. Adding 0.0 turns a rounded -0.0 into 0.0."""
+    text = f"{round(100 * mean, 1) + 0.0:{'+' if signed else ''}.1f}"
+    return text if math.isnan(ci95) else f"{text} ± {100 * ci95:.1f}"
+
+
+def _listed(value: object) -> str:
+    """A comma-separated list column; "" reads back from CSV as NaN."""
+    return value if isinstance(value, str) else ""
+
+
 def format_cell(record: Mapping) -> str:
-    """"41.2 ± 1.3 (+2.1)"; no interval for a single seed, no delta for scratch or without one."""
-    text = f"{100 * record['mean']:.1f}"
-    if not math.isnan(record["ci95"]):
-        text += f" ± {100 * record['ci95']:.1f}"
-    if record["method"] != SCRATCH and not math.isnan(record["delta_scratch"]):
-        # Adding 0.0 turns a rounded -0.0 into 0.0, so no "-0.0" appears.
-        text += f" ({round(100 * record['delta_scratch'], 1) + 0.0:+.1f})"
+    """"41.2 ± 1.3 (+2.1 ± 0.8)"; no bracket for scratch or without a partner, ‡ when a seed has none."""
+    text = _interval(record["mean"], record["ci95"])
+    if record["method"] == SCRATCH:
+        return text
+    if record["paired_n"] > 0:
+        text += f" ({_interval(record['paired_diff_mean'], record['paired_diff_ci95'], signed=True)})"
+    if record["paired_n"] < record["n_seeds"]:
+        text += f" {UNPAIRED_MARKER}"
     return text
 
 
@@ -90,8 +111,8 @@ def _seed_count_text(table: pd.DataFrame) -> str:
 
 def _untrained_note(record: Mapping) -> str | None:
     """"BEV neck (to_bev, bev_neck) not pre-trained: 40.2 % of the backbone starts from random init", or None."""
-    modules = record["untrained_modules"]
-    if not isinstance(modules, str) or not modules:  # "" reads back from CSV as NaN
+    modules = _listed(record["untrained_modules"])
+    if not modules:
         return None
     names = modules.split(",")
     parts = {part: members for part, members in BACKBONE_PARTS.items() if set(members) <= set(names)}
@@ -117,6 +138,21 @@ def _row_labels(table: pd.DataFrame, method_order: Sequence[str]) -> tuple[dict[
             markers.setdefault(note, MARKER * (len(markers) + 1))
             labels[key] += f" {markers[note]}"
     return labels, [f"{marker} {note}" for note, marker in markers.items()]
+
+
+def _unpaired_note(table: pd.DataFrame, method_order: Sequence[str], labels: Mapping[tuple, str]) -> str | None:
+    """The caption's ‡ legend: which cells have seeds without a scratch run of the same seed, or None."""
+    cells = []
+    for key, rows in split_rows(table, method_order):
+        for record in rows.sort_values("label_fraction").to_dict("records"):
+            if record["method"] != SCRATCH and record["paired_n"] < record["n_seeds"]:
+                seeds = _listed(record["unpaired_seeds"]).split(",")
+                cells.append(f"{labels[key]} at {format_percent(record['label_fraction'])} %: "
+                             f"{record['paired_n']} of {record['n_seeds']} seeds paired, no scratch run of "
+                             f"seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}")
+    if not cells:
+        return None
+    return f"{UNPAIRED_MARKER} Bracket over fewer seeds than the cell: {'; '.join(cells)}."
 
 
 def _grid(table: pd.DataFrame, method_order: Sequence[str],
@@ -185,12 +221,17 @@ def write_tables(
         caption = (
             f"{metric_label(main_metrics[task])} (%) for {task} fine-tuned on {dataset}, "
             f"backbone {backbone}: mean ± half-width of the 95 % t-interval over "
-            f"{_seed_count_text(table)} seeds; (difference to scratch) in percentage points."
+            f"{_seed_count_text(table)} training seeds, all on one fixed label split per label fraction; "
+            "(paired difference to scratch) in percentage points: mean ± half-width of the 95 % t-interval, "
+            "over the same seeds, of each run minus the scratch run of its seed."
         )
         labels, legend = _row_labels(table, method_order)
         if legend:
             caption += (" Marked sources left backbone modules untrained in pre-training (no gradient reached "
                         f"them). {'. '.join(legend)}.")
+        unpaired = _unpaired_note(table, method_order, labels)
+        if unpaired:
+            caption += f" {unpaired}"
         header, body = _grid(table, method_order, labels)
         stem = f"{task}_{dataset}_{backbone}"
         contents = {
