@@ -46,3 +46,12 @@ def test_every_split_file_is_listed_once():
         [("synthetic", "pretrain", f) for f in (0.01, 0.1, 1.0)]
         + [("synthetic", "labels", f) for f in (0.001, 0.01, 0.1, 0.5, 1.0)]
     )
+
+
+def test_results_readme_shows_every_path_of_the_layout():
+    """A fresh clone has results/ with a README of its layout; it names each pattern exactly."""
+    from occbench.workflow.grid import PATTERNS
+
+    readme = (Path(__file__).resolve().parents[2] / "results" / "README.md").read_text()
+    missing = [pattern for pattern in PATTERNS.values() if pattern not in readme]
+    assert not missing, f"results/README.md does not show {missing}"
