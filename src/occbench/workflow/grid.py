@@ -233,6 +233,19 @@ def split_inputs(params: dict[str, Any], subset: str) -> dict[str, Any]:
     return {"subset": subset, "seed": splits["seed"], "sampling": splits[SPLIT_SAMPLING[subset]]}
 
 
+def training_inputs(params: dict[str, Any], backbone: str, dataset: str, subset: str) -> dict[str, Any]:
+    """What every training run reads besides its own section: the voxel grid, its backbone, the
+    augmentation, its dataset, how its split was drawn, and mixed precision."""
+    return {
+        "voxelization": params["voxelization"],
+        "backbone": params["backbones"][backbone],
+        "augmentation": params["augmentation"],
+        "dataset": params["datasets"][dataset],
+        "split": split_inputs(params, subset),
+        "amp": params["execution"]["amp"],
+    }
+
+
 def pretrain_inputs(params: dict[str, Any], run: PretrainRun) -> dict[str, Any]:
     """Every params value a pre-training run reads, and nothing else."""
     pretrain = params["pretrain"]
@@ -240,12 +253,7 @@ def pretrain_inputs(params: dict[str, Any], run: PretrainRun) -> dict[str, Any]:
         "run": {"backbone": run.backbone, "dataset": run.dataset, "method": run.method, "fraction": run.fraction},
         "pretrain": {key: value for key, value in pretrain.items() if key != "methods"},
         "method": pretrain["methods"][run.method],
-        "voxelization": params["voxelization"],
-        "backbone": params["backbones"][run.backbone],
-        "augmentation": params["augmentation"],
-        "dataset": params["datasets"][run.dataset],
-        "split": split_inputs(params, "pretrain"),
-        "amp": params["execution"]["amp"],
+        **training_inputs(params, run.backbone, run.dataset, "pretrain"),
     }
 
 
@@ -260,12 +268,7 @@ def finetune_inputs(params: dict[str, Any], run: FinetuneRun) -> dict[str, Any]:
     return {
         "run": run.coordinates(),
         "task": finetune[run.task],
-        "voxelization": params["voxelization"],
-        "backbone": params["backbones"][run.backbone],
-        "augmentation": params["augmentation"],
-        "dataset": params["datasets"][run.finetune_dataset],
-        "split": split_inputs(params, "labels"),
-        "amp": params["execution"]["amp"],
+        **training_inputs(params, run.backbone, run.finetune_dataset, "labels"),
         "source": source,
     }
 
