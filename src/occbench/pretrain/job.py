@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import numpy as np
@@ -19,6 +18,7 @@ from occbench.pretrain import METHODS
 from occbench.pretrain.base import PretrainModel, RunContext
 from occbench.provenance import environment
 from occbench.training import TrainConfig, fit, seed_everything
+from occbench.training.distributed import init_distributed
 from occbench.training.loop import STATE_FILE, resolve_device, step_seed
 from occbench.workflow.grid import PretrainRun, digest, pretrain_digest
 
@@ -56,16 +56,17 @@ def pretrain(params: dict, run: PretrainRun) -> None:
     dataset = frames.training_set(params, settings["seed"])
     config = TrainConfig.from_settings(settings, settings["seed"], settings["epochs"])
     params_digest = pretrain_digest(params, run)
-    resume_key = digest({"params": params_digest, "split": sha256_file(split_file)})  # every input it reads
-    main_rank = int(os.environ.get("RANK", "0")) == 0
-    device = resolve_device(execution["device"], int(os.environ.get("LOCAL_RANK", "0")))
+    split_sha256 = sha256_file(split_file)
+    resume_key = digest({"params": params_digest, "split": split_sha256})  # every input it reads
+    ddp = init_distributed(execution["device"])  # the group fit() trains in; rank 0 measures and writes
+    device = resolve_device(execution["device"], ddp.local_rank)
 
     started = time.perf_counter()
     workers = execution["loader_workers"]
     pretext_init = pretext_metrics(model.to(device), index, val_ids, settings["seed"], device, workers) \
-        if main_rank else {}
+        if ddp.is_main else {}
     result = fit(model, dataset, needs, config, execution, run.directory, resume_key, desc=run.method)
-    if not main_rank:
+    if not ddp.is_main:
         return
     pretext_final = pretext_metrics(model, index, val_ids, settings["seed"], device, workers)
     trained = sorted(name.removeprefix("backbone.") for name in result.trained_parameters
@@ -76,7 +77,7 @@ def pretrain(params: dict, run: PretrainRun) -> None:
         "voxelization": params["voxelization"],
         "hparams_digest": params_digest,
         "resume_key": resume_key,
-        "split": {"file": str(split_file), "sha256": sha256_file(split_file), "frames": len(frame_ids)},
+        "split": {"file": str(split_file), "sha256": split_sha256, "frames": len(frame_ids)},
         "pretext": {"val_frames": len(val_ids), "init": pretext_init, "final": pretext_final},
         "history": result.history,
         "steps": result.steps,

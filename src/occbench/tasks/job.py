@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import torch
@@ -18,6 +17,7 @@ from occbench.provenance import environment
 from occbench.tasks import TASKS
 from occbench.tasks.base import FinetuneModel
 from occbench.training import TrainConfig, fit, save_torch, seed_everything
+from occbench.training.distributed import init_distributed
 from occbench.training.loop import STATE_FILE, resolve_device
 from occbench.workflow.grid import FinetuneRun, digest, finetune_digest
 
@@ -71,16 +71,18 @@ def finetune(params: dict, run: FinetuneRun) -> dict:
     config = TrainConfig.from_settings(settings, run.seed, epochs_for(settings["epochs"], run.label_fraction))
     params_digest = finetune_digest(params, run)
     # The resume key: every input the run reads, the files' contents included.
-    resume_key = digest({"params": params_digest, "split": sha256_file(split_file),
+    split_sha256 = sha256_file(split_file)
+    resume_key = digest({"params": params_digest, "split": split_sha256,
                          "checkpoint": load_report and load_report["sha256"]})
 
     started = time.perf_counter()
     run.directory.mkdir(parents=True, exist_ok=True)
     result = fit(model, dataset, needs, config, execution, run.directory, resume_key, desc=run.task)
-    if int(os.environ.get("RANK", "0")) != 0:
+    ddp = init_distributed(execution["device"])  # the group fit() trained in; rank 0 evaluates and writes
+    if not ddp.is_main:
         return {}
     train_seconds = time.perf_counter() - started
-    device = resolve_device(execution["device"], int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(execution["device"], ddp.local_rank)
     metrics = evaluate(model, index, val_ids, config.batch_size, device, execution["loader_workers"])
     save_torch({name: value.cpu() for name, value in model.state_dict().items()}, run.directory / "model.pt")
     write_json(run.directory / "run_meta.json", {
@@ -92,7 +94,7 @@ def finetune(params: dict, run: FinetuneRun) -> dict:
         "resume_key": resume_key,
         "params_sha256": sha256_json(params),
         "splits": {
-            "labels": {"file": str(split_file), "sha256": sha256_file(split_file), "frames": len(train_ids)},
+            "labels": {"file": str(split_file), "sha256": split_sha256, "frames": len(train_ids)},
             "val": {"sha256": sha256_json(val_ids), "frames": len(val_ids)},
         },
         "pretrained": load_report,
