@@ -8,6 +8,7 @@ uninterrupted one), which a file we own can do in one atomic rewrite.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from occbench.io import write_text
@@ -38,10 +39,16 @@ class CurveFile:
             self._rewrite()
         self.rows.append({name: row.get(name, "") for name in self.columns})
         with self.path.open("a", newline="") as handle:
-            csv.DictWriter(handle, self.columns, delimiter="\t").writerow(self.rows[-1])
+            self._writer(handle).writerow(self.rows[-1])
+
+    def _writer(self, handle) -> csv.DictWriter:
+        return csv.DictWriter(handle, self.columns, delimiter="\t", lineterminator="\n")
 
     def _rewrite(self) -> None:
         if self.columns is None:
             return
-        lines = ["\t".join(self.columns)] + ["\t".join(str(row[c]) for c in self.columns) for row in self.rows]
-        write_text(self.path, "\n".join(lines) + "\n")
+        text = io.StringIO()
+        writer = self._writer(text)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text(self.path, text.getvalue())
