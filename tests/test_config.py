@@ -73,3 +73,23 @@ def test_snakemake_validates_with_the_same_schema(params):
     with pytest.raises(WorkflowError, match="nope"):
         validate(params, schema)
     assert yaml.safe_load((ROOT / "workflow/schemas/params.schema.yaml").read_text())["additionalProperties"] is False
+
+
+def test_schema_enums_name_exactly_the_registries():
+    """Each name lives once, in its registry; the schema's enums must list exactly those names."""
+    from occbench.config import load_schema
+    from occbench.data.converters import CONVERTERS
+    from occbench.pretrain import METHODS
+    from occbench.tasks import TASKS
+    from occbench.training.optim import OPTIMIZERS, SCHEDULES
+    from occbench.workflow.grid import SCRATCH
+
+    schema = load_schema()
+    defs, properties = schema["$defs"], schema["properties"]
+    grid = properties["grid"]["properties"]
+    assert set(grid["methods"]["items"]["enum"]) == {SCRATCH, *METHODS}
+    assert set(grid["tasks"]["items"]["enum"]) == set(TASKS)
+    assert set(properties["datasets"]["additionalProperties"]["properties"]["kind"]["enum"]) == set(CONVERTERS)
+    assert set(defs["optimizer"]["properties"]["name"]["enum"]) == set(OPTIMIZERS)
+    assert set(defs["schedule"]["properties"]["name"]["enum"]) == set(SCHEDULES)
+    assert set(properties["pretrain"]["properties"]["methods"]["properties"]) == set(METHODS)
