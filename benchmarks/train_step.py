@@ -22,7 +22,7 @@ import yaml
 
 from occbench.cli import main as occbench
 from occbench.config import load_params
-from occbench.workflow.grid import FinetuneRun, PretrainRun, fraction_tag
+from occbench.workflow.grid import FinetuneRun, fraction_tag, pretrain_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def main() -> None:
                 "finetune": {"segmentation": {"epochs": [{"up_to_label_fraction": 1.0, "epochs": 1}]}},
             }))
             files = [*base, overlay]
-            pretrain = PretrainRun(backbone, dataset, method, 1.0)
+            pretrain = pretrain_run(params, backbone, dataset, method, 1.0)
             _verb(files, "pretrain", "--backbone", backbone, "--dataset", dataset, "--method", method,
                   "--fraction", "1")
             finetune = FinetuneRun("segmentation", backbone, dataset, 1.0, 0, None)

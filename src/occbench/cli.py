@@ -39,9 +39,9 @@ def _split(args, params) -> None:
 
 def _pretrain(args, params) -> None:
     from occbench.pretrain.job import pretrain
-    from occbench.workflow.grid import PretrainRun
+    from occbench.workflow.grid import pretrain_run
 
-    pretrain(params, PretrainRun(args.backbone, args.dataset, args.method, args.fraction))
+    pretrain(params, pretrain_run(params, args.backbone, args.dataset, args.method, args.fraction))
 
 
 def _finetune(args, params) -> None:

@@ -96,8 +96,38 @@ def check_consistency(params: dict[str, Any], source: str = "params.yaml") -> No
             "finetune.segmentation.epochs: no entry covers the largest label fraction "
             f"{max(grid['label_fractions'])}"
         )
+    problems += _teacher_problems(params)
     if problems:
         raise ParamsError("invalid parameters\n  " + "\n  ".join(f"{source}: {p}" for p in problems))
+
+
+def _teacher_problems(params: dict[str, Any]) -> list[str]:
+    """A teacher must exist before its student runs: a method defined under pretrain.methods
+    (scratch is not: it has no checkpoint), at one of the grid's pre-training fractions, with
+    no cycle; or a pinned file."""
+    methods, fractions = params["pretrain"]["methods"], params["grid"]["pretrain_fractions"]
+    problems = []
+    for name, settings in methods.items():
+        spec, key = settings.get("teacher"), f"pretrain.methods.{name}.teacher"
+        if spec is not None and "weights" in spec:
+            if not Path(spec["weights"]).is_file():
+                problems.append(f"{key}.weights: {spec['weights']}: no such file (a pinned teacher must be "
+                                "there before the run: nothing is downloaded)")
+            continue
+        if spec is not None and "fraction" in spec and spec["fraction"] not in fractions:
+            problems.append(f"{key}.fraction: {spec['fraction']} is not one of grid.pretrain_fractions {fractions}")
+        chain = [name]
+        while spec is not None and "method" in spec:
+            teacher = spec["method"]
+            if teacher not in methods:
+                problems.append(f"{key}.method: {teacher!r} is not defined under pretrain.methods")
+                break
+            if teacher in chain:
+                problems.append(f"{key}: teachers form a cycle: {' -> '.join([*chain, teacher])}")
+                break
+            chain.append(teacher)
+            spec = methods[teacher].get("teacher")
+    return problems
 
 
 def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:

@@ -68,6 +68,7 @@ CASES = [
     ("pretrain.methods.also.hidden_dim", 32, {PRE, FT_PRE}),
     ("pretrain.methods.also.queries_per_frame", 999, {PRE, FT_PRE}),
     ("pretrain.methods.spot", {"beams": 32}, NONE),  # another method's block
+    ("pretrain.methods.picture.hidden_dim", 32, NONE),  # a method taught by these runs' method
     ("splits.seed", 1, ALL),
     ("splits.pretrain_sampling", "frames", {PRE, FT_PRE}),
     ("splits.label_sampling", "frames", FINETUNES),

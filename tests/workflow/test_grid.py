@@ -1,4 +1,7 @@
+import re
 from pathlib import Path
+
+import pytest
 
 from occbench.workflow.grid import SCRATCH, Grid, fraction_tag
 from smoke import smoke_params
@@ -55,3 +58,99 @@ def test_results_readme_shows_every_path_of_the_layout():
     readme = (Path(__file__).resolve().parents[2] / "results" / "README.md").read_text()
     missing = [pattern for pattern in PATTERNS.values() if pattern not in readme]
     assert not missing, f"results/README.md does not show {missing}"
+
+
+def taught_params(methods=("scratch", "picture"), fractions=(1.0,), teacher=None):
+    """The smoke grid with PICTURE taught by ALSO (or by ``teacher``)."""
+    params = smoke_params()
+    params["grid"].update(methods=list(methods), pretrain_fractions=list(fractions))
+    if teacher is not None:
+        params["pretrain"]["methods"]["picture"]["teacher"] = teacher
+    return params
+
+
+def test_a_teacher_run_comes_before_its_student_and_names_its_path_and_tag():
+    grid = Grid(taught_params())
+    teacher, student = grid.pretrain_runs  # ALSO is not in grid.methods, yet its run is a job: PICTURE needs it
+    assert (teacher.method, teacher.teacher, student.method, student.teacher) == ("also", None, "picture", teacher)
+    assert student.checkpoint == Path("results/pretrain/small/synthetic/picture+also/pt_1/checkpoint.pt")
+    assert student.teacher_file == teacher.checkpoint
+    assert {run.source for run in grid.finetune_runs} == {"scratch", "picture+also-synthetic-pt_1"}
+    assert grid.pretrain_run_at("small", "synthetic", "picture+also", 1.0) == student
+    with pytest.raises(ValueError, match="picture/pt_1/checkpoint.pt: no pre-training run"):
+        grid.pretrain_run_at("small", "synthetic", "picture", 1.0)
+
+
+def test_a_teacher_of_another_fraction_is_named_with_it_and_run_once():
+    grid = Grid(taught_params(fractions=(0.5, 1.0), teacher={"method": "also", "fraction": 1.0}))
+    assert [run.variant for run in grid.pretrain_runs] == ["also", "picture+also_pt1", "picture+also"]
+    assert [run.fraction for run in grid.pretrain_runs] == [1.0, 0.5, 1.0]
+
+
+def test_a_pinned_teacher_is_named_by_its_name(tmp_path):
+    weights = tmp_path / "seal.pt"
+    weights.write_bytes(b"weights")
+    pinned = {"name": "seal", "weights": str(weights), "sha256": "ab" * 32}
+    (student,) = Grid(taught_params(teacher=pinned)).pretrain_runs
+    assert student.variant == "picture+seal" and student.teacher_file == weights
+
+
+@pytest.mark.parametrize("teacher, named", [
+    ({"method": "picture"}, "pretrain.methods.picture.teacher: teachers form a cycle: picture -> picture"),
+    ({"method": "also", "fraction": 0.25}, "pretrain.methods.picture.teacher.fraction: 0.25 is not one of"),
+    ({"name": "seal", "weights": "no/such.pt", "sha256": "ab" * 32},
+     "pretrain.methods.picture.teacher.weights: no/such.pt: no such file"),
+])
+def test_validate_refuses_a_missing_or_cyclic_teacher(teacher, named):
+    from occbench.config import ParamsError, validate_params
+
+    with pytest.raises(ParamsError, match=re.escape(named)):
+        validate_params(taught_params(teacher=teacher))
+
+
+def test_a_teacher_not_defined_under_pretrain_methods_is_refused():
+    from occbench.config import ParamsError, check_consistency
+
+    params = taught_params()
+    del params["pretrain"]["methods"]["also"]
+    with pytest.raises(ParamsError, match="pretrain.methods.picture.teacher.method: 'also' is not defined"):
+        check_consistency(params)
+
+
+def test_a_student_digest_follows_its_teacher_and_not_the_reverse():
+    from occbench.workflow.grid import pretrain_digest
+
+    params = taught_params()
+    teacher, student = Grid(params).pretrain_runs
+    before = {run.variant: pretrain_digest(params, run) for run in (teacher, student)}
+    params["pretrain"]["methods"]["also"]["hidden_dim"] = 32
+    after = {run.variant: pretrain_digest(params, run) for run in (teacher, student)}
+    assert before["also"] != after["also"] and before["picture+also"] != after["picture+also"]
+    params["pretrain"]["methods"]["picture"]["clusters"] = 6
+    params["pretrain"]["methods"]["picture"]["group_sizes"] = [2, 2, 2]
+    assert pretrain_digest(params, teacher) == after["also"]
+    assert pretrain_digest(params, student) != after["picture+also"]
+
+
+@pytest.mark.slow
+def test_snakemake_runs_a_teacher_before_its_student(tmp_path):
+    """The literal dry run: PICTURE's job reads ALSO's checkpoint, so ALSO's job is planned first."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import copy_project
+
+    project = copy_project(tmp_path / "project")
+    (project / "taught.yaml").write_text(yaml.safe_dump({"grid": {"methods": ["scratch", "picture"]}}))
+    bin_dir = Path(sys.executable).parent
+    result = subprocess.run([str(bin_dir / "snakemake"), "-n", "--cores", "1", "--configfile", "taught.yaml"],
+                            cwd=project, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = re.findall(r"^rule pretrain:\n((?:    .*\n)+)", result.stdout, flags=re.M)
+    fields = [dict(re.findall(r"^    (\w+): (.*)$", job, flags=re.M)) for job in jobs]
+    teacher = "results/pretrain/small/synthetic/also/pt_1/checkpoint.pt"
+    assert [job["output"] for job in fields] == [
+        teacher, "results/pretrain/small/synthetic/picture+also/pt_1/checkpoint.pt"]
+    assert teacher in fields[1]["input"].split(", ")

@@ -8,7 +8,6 @@
 
 from occbench.workflow.grid import (
     PATTERNS,
-    PretrainRun,
     dataset_digest,
     finetune_digest,
     pretrain_digest,
@@ -19,7 +18,14 @@ ENV = "../../environment.yml"  # used with --use-conda; relative to this folder
 
 
 def pretrain_run(wildcards):
-    return PretrainRun(wildcards.backbone, wildcards.dataset, wildcards.method, float(wildcards.fraction))
+    """The run whose checkpoint path the wildcards name; {method} is its variant ('picture+also')."""
+    return GRID.pretrain_run_at(wildcards.backbone, wildcards.dataset, wildcards.method, float(wildcards.fraction))
+
+
+def teacher_checkpoint(wildcards):
+    """The checkpoint a pre-training run learns from (a teacher run's, or a pinned file); none for most."""
+    teacher = pretrain_run(wildcards).teacher_file
+    return [str(teacher)] if teacher else []
 
 
 def finetune_run(wildcards):
@@ -36,9 +42,9 @@ def pretrained_checkpoint(wildcards):
 wildcard_constraints:
     dataset=r"[a-z0-9_]+",
     backbone=r"[a-z0-9_]+",
-    method=r"[a-z0-9_]+",
+    method=r"[a-z0-9_]+(\+[a-z0-9_.]+)*",
     task=r"[a-z0-9_]+",
     subset=r"pretrain|labels",
     fraction=r"[0-9.e-]+",
     seed=r"[0-9]+",
-    source=r"[a-z0-9_.-]+",
+    source=r"[a-z0-9_.+-]+",

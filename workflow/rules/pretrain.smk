@@ -1,10 +1,12 @@
 # One pre-training job per (backbone, dataset, method, pre-training fraction); scratch has none.
+# A method with a teacher waits for its checkpoint ({method} is then e.g. picture+also).
 
 
 rule pretrain:
     input:
         index=PATTERNS["index"],
         split=expand(PATTERNS["split"], subset="pretrain", allow_missing=True),
+        teacher=teacher_checkpoint,
     output:
         checkpoint=PATTERNS["checkpoint"],
     log:
@@ -13,6 +15,7 @@ rule pretrain:
         "results/benchmarks/pretrain/{backbone}_{dataset}_{method}_{fraction}.tsv"
     params:
         hparams=lambda w: pretrain_digest(config, pretrain_run(w)),
+        method=lambda w: pretrain_run(w).method,
     threads: config["execution"]["threads"]
     resources:
         gpu=config["execution"]["pretrain_gpus"],
@@ -22,4 +25,4 @@ rule pretrain:
     # the job's Snakemake waits for it to save (workflow/profiles/slurm/config.yaml).
     shell:
         "exec occbench pretrain --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
-        " --method {wildcards.method} --fraction {wildcards.fraction} --processes {resources.gpu} > {log} 2>&1"
+        " --method {params.method} --fraction {wildcards.fraction} --processes {resources.gpu} > {log} 2>&1"

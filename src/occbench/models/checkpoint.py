@@ -148,3 +148,23 @@ def load_backbone(backbone: nn.Module, state: dict[str, torch.Tensor], trained: 
         )
     backbone.load_state_dict({**own, **matched})
     return report
+
+
+def load_frozen_backbone(path: str | os.PathLike, grid) -> nn.Module:
+    """A teacher: the backbone a checkpoint holds, built from its own spec, frozen and in eval mode.
+
+    Its voxel grid must be ``grid`` (the student's): teacher and student then see the
+    same voxels, row for row, so the teacher's voxel features are per-voxel targets.
+    """
+    from occbench.models.backbone import SparseBackbone
+    from occbench.models.voxelize import VoxelGrid
+
+    checkpoint = read_checkpoint(path)
+    meta = checkpoint["meta"]
+    teacher_grid = VoxelGrid.from_params(meta["voxelization"])
+    if teacher_grid != grid:
+        raise CheckpointMismatchError(f"{path}: teacher voxel grid {teacher_grid} is not the student's {grid}")
+    spec = meta["backbone_spec"]
+    teacher = SparseBackbone(teacher_grid, tuple(spec["channels"]), spec["bev_channels"])
+    teacher.load_state_dict(checkpoint["backbone"])
+    return teacher.requires_grad_(False).eval()

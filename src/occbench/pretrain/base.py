@@ -29,6 +29,7 @@ class RunContext:
     index: FrameIndex  # the pre-training dataset
     frame_ids: tuple[str, ...]  # the frames of its pre-training fraction
     run_dir: Path
+    teacher: Path | None = None  # the checkpoint it learns from, verified (pretrain.methods.<m>.teacher)
 
 
 class PretrainMethod(nn.Module):
@@ -42,6 +43,9 @@ class PretrainMethod(nn.Module):
     def backbone_input(self, voxels: VoxelBatch, batch: Batch, generator: torch.Generator) -> VoxelBatch:
         """What the backbone sees: all voxels, unless the method masks some."""
         return voxels
+
+    def set_progress(self, epoch: int, epochs: int) -> None:
+        """Called by the engine at the start of each epoch (PICTURE's loss weights decay over epochs)."""
 
     def loss(self, output: BackboneOutput, batch: Batch, voxels: VoxelBatch,
              generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
@@ -61,7 +65,10 @@ class PretrainModel(nn.Module):
         self.backbone, self.method = backbone, method
 
     def parameter_groups(self) -> list[dict]:
-        return [{"params": list(self.parameters())}]
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]  # a frozen teacher is not trained
+
+    def set_progress(self, epoch: int, epochs: int) -> None:
+        self.method.set_progress(epoch, epochs)
 
     def run(self, batch: Batch, generator: torch.Generator) -> tuple[BackboneOutput, VoxelBatch]:
         voxels = voxelize(batch.points, batch.intensity, self.backbone.grid)

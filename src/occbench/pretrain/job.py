@@ -20,7 +20,7 @@ from occbench.provenance import environment
 from occbench.training import TrainConfig, fit, seed_everything
 from occbench.training.distributed import init_distributed
 from occbench.training.loop import STATE_FILE, resolve_device, step_seed
-from occbench.workflow.grid import PretrainRun, digest, pretrain_digest
+from occbench.workflow.grid import PinnedTeacher, PretrainRun, digest, pretrain_digest, teacher_name
 
 PRETEXT_STREAM = 2**32 - 1  # the random stream of held-out pretext metrics, apart from every epoch's
 
@@ -42,6 +42,21 @@ def pretext_metrics(model: PretrainModel, index: FrameIndex, frame_ids: list[str
             for key, values in per_frame.items()}
 
 
+def teacher_record(run: PretrainRun) -> dict | None:
+    """The teacher checkpoint's name, path and SHA-256; a pinned file whose hash is not the pinned
+    one is refused (it is not the teacher the params name)."""
+    if run.teacher is None:
+        return None
+    path = run.teacher_file
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: teacher checkpoint of {run.variant} not found")
+    sha256 = sha256_file(path)
+    if isinstance(run.teacher, PinnedTeacher) and sha256 != run.teacher.sha256:
+        raise ValueError(f"{path}: SHA-256 is {sha256}, but pretrain.methods.{run.method}.teacher pins "
+                         f"{run.teacher.sha256}")
+    return {"name": teacher_name(run.teacher, run.fraction), "file": str(path), "sha256": sha256}
+
+
 def pretrain(params: dict, run: PretrainRun) -> None:
     settings, execution = params["pretrain"], params["execution"]
     seed_everything(settings["seed"], execution["threads"])
@@ -49,7 +64,8 @@ def pretrain(params: dict, run: PretrainRun) -> None:
     index, split_file, frame_ids, val_ids = frames.index, frames.split_file, frames.train_ids, frames.val_ids
 
     backbone = SparseBackbone.from_params(params, run.backbone)
-    context = RunContext(index, tuple(frame_ids), run.directory)
+    teacher = teacher_record(run)
+    context = RunContext(index, tuple(frame_ids), run.directory, run.teacher_file)
     method = METHODS[run.method](backbone, settings["methods"][run.method], context)
     needs = check_needs(method.needs, f"method {run.method}")
     model = PretrainModel(backbone, method)
@@ -57,7 +73,8 @@ def pretrain(params: dict, run: PretrainRun) -> None:
     config = TrainConfig.from_settings(settings, settings["seed"], settings["epochs"])
     params_digest = pretrain_digest(params, run)
     split_sha256 = sha256_file(split_file)
-    resume_key = digest({"params": params_digest, "split": split_sha256})  # every input it reads
+    # every input it reads: params, split and teacher checkpoint
+    resume_key = digest({"params": params_digest, "split": split_sha256, "teacher": teacher})
     ddp = init_distributed(execution["device"])  # the group fit() trains in; rank 0 measures and writes
     device = resolve_device(execution["device"], ddp.local_rank)
 
@@ -72,12 +89,14 @@ def pretrain(params: dict, run: PretrainRun) -> None:
     trained = sorted(name.removeprefix("backbone.") for name in result.trained_parameters
                      if name.startswith("backbone."))
     meta = {
-        "run": {"backbone": run.backbone, "dataset": run.dataset, "method": run.method, "fraction": run.fraction},
+        "run": {"backbone": run.backbone, "dataset": run.dataset, "method": run.method, "fraction": run.fraction,
+                "variant": run.variant},
         "backbone_spec": params["backbones"][run.backbone],
         "voxelization": params["voxelization"],
         "hparams_digest": params_digest,
         "resume_key": resume_key,
         "split": {"file": str(split_file), "sha256": split_sha256, "frames": len(frame_ids)},
+        "teacher": teacher,
         "pretext": {"val_frames": len(val_ids), "init": pretext_init, "final": pretext_final},
         "history": result.history,
         "steps": result.steps,

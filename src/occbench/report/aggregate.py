@@ -17,8 +17,8 @@ import pandas as pd
 
 from occbench.io import read_json
 from occbench.metrics.stats import mean_ci95, nan_to_none
+from occbench.workflow.grid import SCRATCH, TEACHER_SEPARATOR
 
-SCRATCH = "scratch"
 # A run's coordinates as stored under "run" in run_meta.json.
 COORDINATES = (
     "task",
@@ -226,7 +226,8 @@ def row_key(record: Mapping[str, Any], keys: Sequence[str] = ROW_KEYS) -> tuple:
 
 def _row_rank(key: tuple, method_order: Sequence[str]) -> tuple:
     method, *rest = key
-    position = method_order.index(method) if method in method_order else len(method_order)
+    name = method.split(TEACHER_SEPARATOR)[0]  # picture+also ranks as picture
+    position = method_order.index(name) if name in method_order else len(method_order)
     return (method != SCRATCH, position, method, *((value is None, value or 0) for value in rest))
 
 

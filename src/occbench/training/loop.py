@@ -128,7 +128,8 @@ def fit(model: nn.Module, dataset: FrameDataset, needs: frozenset[str], config: 
         run_dir: Path, digest: str, desc: str) -> FitResult:
     """Train ``model`` on ``dataset`` for ``config.epochs``; resume from ``run_dir``'s state when its digest matches.
 
-    ``model.parameter_groups()`` names what trains and at which share of the lr.
+    ``model.parameter_groups()`` names what trains and at which share of the lr; a model
+    with ``set_progress(epoch, epochs)`` is told at each epoch's start where training stands.
     ``execution``: params.yaml's section (device, amp, loader_workers, state_every_steps).
     The model is moved to the device and trained in place.
     """
@@ -183,6 +184,8 @@ def fit(model: nn.Module, dataset: FrameDataset, needs: frozenset[str], config: 
     with preemption_flag() as received:
         for epoch in range(progress_state["epoch"], config.epochs):
             trainable.train()
+            if hasattr(model, "set_progress"):  # an objective that changes over epochs (pretrain/base.py)
+                model.set_progress(epoch, config.epochs)
             start = progress_state["step"]
             sampler = StepSampler(len(dataset), config.batch_size, epoch, start, ddp.rank, ddp.world_size)
             loader = frame_loader(dataset, sampler, needs, execution["loader_workers"], device.type == "cuda")

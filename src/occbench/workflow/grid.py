@@ -50,17 +50,41 @@ def split_path(dataset: str, subset: str, fraction: float) -> Path:
     return Path(PATTERNS["split"].format(dataset=dataset, subset=subset, fraction=fraction_tag(fraction)))
 
 
+# Between a method and its teacher's name in the method's path component and tag:
+# picture+also is PICTURE taught by ALSO's run of the same backbone, dataset and fraction.
+TEACHER_SEPARATOR = "+"
+
+
+@dataclass(frozen=True)
+class PinnedTeacher:
+    """A teacher checkpoint from outside the grid: a file pinned by its SHA-256."""
+
+    name: str
+    weights: Path
+    sha256: str
+
+
 @dataclass(frozen=True)
 class PretrainRun:
     backbone: str
     dataset: str
     method: str
     fraction: float
+    # The run whose checkpoint teaches this one (a run of the grid or a pinned file), from
+    # pretrain.methods.<method>.teacher; part of the run's path, tag and digest.
+    teacher: "PretrainRun | PinnedTeacher | None" = None
+
+    @property
+    def variant(self) -> str:
+        """The method and its teacher, as one path component: 'also', 'picture+also'."""
+        if self.teacher is None:
+            return self.method
+        return f"{self.method}{TEACHER_SEPARATOR}{teacher_name(self.teacher, self.fraction)}"
 
     @property
     def checkpoint(self) -> Path:
         return Path(PATTERNS["checkpoint"].format(
-            backbone=self.backbone, dataset=self.dataset, method=self.method, fraction=fraction_tag(self.fraction)
+            backbone=self.backbone, dataset=self.dataset, method=self.variant, fraction=fraction_tag(self.fraction)
         ))
 
     @property
@@ -70,7 +94,34 @@ class PretrainRun:
     @property
     def tag(self) -> str:
         """How fine-tuning runs name their source checkpoint (one path component)."""
-        return f"{self.method}-{self.dataset}-pt_{fraction_tag(self.fraction)}"
+        return f"{self.variant}-{self.dataset}-pt_{fraction_tag(self.fraction)}"
+
+    @property
+    def teacher_file(self) -> Path | None:
+        """The checkpoint this run reads as its teacher: the teacher run's, or the pinned file."""
+        if self.teacher is None:
+            return None
+        return self.teacher.weights if isinstance(self.teacher, PinnedTeacher) else self.teacher.checkpoint
+
+
+def teacher_name(teacher: "PretrainRun | PinnedTeacher", student_fraction: float) -> str:
+    """A pinned file by its name; a run by its variant, with its fraction when it is not the student's."""
+    if isinstance(teacher, PinnedTeacher):
+        return teacher.name
+    if teacher.fraction == student_fraction:
+        return teacher.variant
+    return f"{teacher.variant}_pt{fraction_tag(teacher.fraction)}"
+
+
+def pretrain_run(params: dict[str, Any], backbone: str, dataset: str, method: str, fraction: float) -> PretrainRun:
+    """The pre-training run of ``method``, with the teacher (and its teachers) its settings name."""
+    spec = params["pretrain"]["methods"][method].get("teacher")
+    teacher: PretrainRun | PinnedTeacher | None = None
+    if spec is not None and "weights" in spec:
+        teacher = PinnedTeacher(spec["name"], Path(spec["weights"]), spec["sha256"])
+    elif spec is not None:
+        teacher = pretrain_run(params, backbone, dataset, spec["method"], spec.get("fraction", fraction))
+    return PretrainRun(backbone, dataset, method, fraction, teacher)
 
 
 @dataclass(frozen=True)
@@ -106,7 +157,7 @@ class FinetuneRun:
         return {
             "task": self.task,
             "backbone": self.backbone,
-            "method": self.method,
+            "method": self.pretrained.variant if self.pretrained else SCRATCH,
             "pretrain_dataset": self.pretrained.dataset if self.pretrained else None,
             "pretrain_fraction": self.pretrained.fraction if self.pretrained else None,
             "finetune_dataset": self.finetune_dataset,
@@ -122,15 +173,18 @@ class Grid:
         check_consistency(params)
         self.params = params
         grid = params["grid"]
+        # Every pre-training job, each after its teachers (which need not be in grid.methods).
         self.pretrain_runs: list[PretrainRun] = list(dict.fromkeys(
-            PretrainRun(backbone, transfer["pretrain"], method, fraction)
+            teacher_first
             for backbone, transfer, method, fraction in product(
                 grid["backbones"], grid["transfers"], grid["methods"], grid["pretrain_fractions"]
             )
             if method != SCRATCH
+            for teacher_first in _with_teachers(pretrain_run(params, backbone, transfer["pretrain"], method, fraction))
         ))
         self.finetune_runs: list[FinetuneRun] = list(dict.fromkeys(self._finetune_runs()))
         self._pretrain_by_tag = {(run.backbone, run.tag): run for run in self.pretrain_runs}
+        self._pretrain_by_path = {run.checkpoint: run for run in self.pretrain_runs}
 
     def _finetune_runs(self) -> Iterator[FinetuneRun]:
         grid = self.params["grid"]
@@ -142,7 +196,7 @@ class Grid:
                     yield FinetuneRun(task, backbone, transfer["finetune"], label_fraction, seed, None)
                     continue
                 for fraction in grid["pretrain_fractions"]:
-                    pretrained = PretrainRun(backbone, transfer["pretrain"], method, fraction)
+                    pretrained = pretrain_run(self.params, backbone, transfer["pretrain"], method, fraction)
                     yield FinetuneRun(task, backbone, transfer["finetune"], label_fraction, seed, pretrained)
 
     @property
@@ -172,10 +226,27 @@ class Grid:
         except KeyError:
             raise ValueError(f"no pre-training run {source!r} for backbone {backbone!r} in the grid") from None
 
+    def pretrain_run_at(self, backbone: str, dataset: str, variant: str, fraction: float) -> PretrainRun:
+        """The pre-training run whose checkpoint path has these wildcards (a rule's job)."""
+        path = Path(PATTERNS["checkpoint"].format(backbone=backbone, dataset=dataset, method=variant,
+                                                  fraction=fraction_tag(fraction)))
+        try:
+            return self._pretrain_by_path[path]
+        except KeyError:
+            raise ValueError(f"{path}: no pre-training run of the grid writes this checkpoint") from None
+
     def finetune_run(self, task: str, backbone: str, finetune_dataset: str, source: str,
                      label_fraction: float, seed: int) -> FinetuneRun:
         return FinetuneRun(task, backbone, finetune_dataset, label_fraction, seed,
                            self.pretrain_run(backbone, source))
+
+
+def _with_teachers(run: PretrainRun) -> list[PretrainRun]:
+    """The run's chain of teacher runs, the first teacher first, then the run itself."""
+    chain = [run]
+    while isinstance(chain[-1].teacher, PretrainRun):
+        chain.append(chain[-1].teacher)
+    return chain[::-1]
 
 
 # ------------------------------------------------------------------ digests
@@ -247,14 +318,20 @@ def training_inputs(params: dict[str, Any], backbone: str, dataset: str, subset:
 
 
 def pretrain_inputs(params: dict[str, Any], run: PretrainRun) -> dict[str, Any]:
-    """Every params value a pre-training run reads, and nothing else."""
+    """Every params value a pre-training run reads, and nothing else; for a teacher run, that
+    run's digest (so its settings count), for a pinned teacher, the file's SHA-256."""
     pretrain = params["pretrain"]
-    return {
+    inputs = {
         "run": {"backbone": run.backbone, "dataset": run.dataset, "method": run.method, "fraction": run.fraction},
         "pretrain": {key: value for key, value in pretrain.items() if key != "methods"},
         "method": pretrain["methods"][run.method],
         **training_inputs(params, run.backbone, run.dataset, "pretrain"),
     }
+    if isinstance(run.teacher, PinnedTeacher):
+        inputs["teacher"] = {"sha256": run.teacher.sha256}
+    elif run.teacher is not None:
+        inputs["teacher"] = {"pretrain_digest": pretrain_digest(params, run.teacher)}
+    return inputs
 
 
 def finetune_inputs(params: dict[str, Any], run: FinetuneRun) -> dict[str, Any]:
