@@ -15,7 +15,7 @@ def make_summary(pretrain_fractions):
     rows = []
     for label_fraction in (0.01, 0.1, 1.0):
         for seed in (0, 1):
-            run = {**base, "label_fraction": label_fraction, "seed": seed}
+            run = {**base, "label_fraction": label_fraction, "seed": seed, "label_split_seed": 0}
             rows.append({**run, **scratch, "value": 0.3 + 0.1 * label_fraction + 0.01 * seed})
             for fraction in pretrain_fractions:
                 also = {"method": "also", "pretrain_dataset": "synthetic", "pretrain_fraction": fraction,

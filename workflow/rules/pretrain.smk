@@ -4,7 +4,7 @@
 rule pretrain:
     input:
         index=PATTERNS["index"],
-        split=expand(PATTERNS["split"], subset="pretrain", allow_missing=True),
+        split=PATTERNS["pretrain_split"],
     output:
         checkpoint=PATTERNS["checkpoint"],
     log:
