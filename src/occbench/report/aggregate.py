@@ -229,6 +229,37 @@ def _none_if_missing(value: Any) -> Any:
     return None if pd.isna(value) else value
 
 
+def _count_text(counts: pd.Series, noun: str) -> str:
+    """"3 training seeds", "1–3 training seeds", "1 training seed"."""
+    low, high = int(counts.min()), int(counts.max())
+    return f"{low if low == high else f'{low}–{high}'} {noun}{'' if high == 1 else 's'}"
+
+
+def _span_text(cells: pd.DataFrame) -> str:
+    """What the intervals of some cells span: training seeds, label splits, or both."""
+    seeds, splits = _count_text(cells["n_seeds"], "training seed"), _count_text(cells["n_label_splits"], "label split")
+    if cells["n_label_splits"].max() == 1:
+        return f"{seeds}, all on one label split per label fraction"
+    if cells["n_seeds"].max() == 1:
+        return f"{splits}, all with one training seed"
+    return f"{seeds} × {splits}, one run each"
+
+
+def interval_span(table: pd.DataFrame) -> str:
+    """What the intervals of a table's or plot's cells span, for its caption ("... over <this>"): one
+    clause per set of label fractions whose intervals vary the same axes (at 100 % labels the grid
+    runs one label split, as every split holds every frame)."""
+    most = table.groupby("label_fraction")[["n_seeds", "n_label_splits"]].transform("max")
+    by_axes = table.groupby([most["n_seeds"] > 1, most["n_label_splits"] > 1], sort=False)
+    if by_axes.ngroups == 1:
+        return _span_text(table)
+    clauses = []
+    for _, cells in sorted(by_axes, key=lambda group: group[1]["label_fraction"].min()):
+        fractions = ", ".join(f"{format_percent(f)} %" for f in sorted(cells["label_fraction"].unique()))
+        clauses.append(f"{_span_text(cells)} (at {fractions} labels)")
+    return " and ".join(clauses)
+
+
 def row_key(record: Mapping[str, Any], keys: Sequence[str] = ROW_KEYS) -> tuple:
     """The row a summary record belongs to, with NaN as None so keys compare equal."""
     return tuple(_none_if_missing(record[key]) for key in keys)

@@ -30,6 +30,7 @@ from occbench.report.aggregate import (
     SCRATCH,
     TABLE_KEYS,
     format_percent,
+    interval_span,
     main_metric_rows,
     metric_label,
     row_label,
@@ -108,36 +109,6 @@ def format_cell(record: Mapping) -> str:
 
 def latex_escape(text: str) -> str:
     return "".join(_LATEX_ESCAPES.get(char, char) for char in text)
-
-
-def _count_text(counts: pd.Series, noun: str) -> str:
-    """"3 training seeds", "1–3 training seeds", "1 training seed"."""
-    low, high = int(counts.min()), int(counts.max())
-    return f"{low if low == high else f'{low}–{high}'} {noun}{'' if high == 1 else 's'}"
-
-
-def _span_text(cells: pd.DataFrame) -> str:
-    """What the intervals of some cells span: training seeds, label splits, or both."""
-    seeds, splits = _count_text(cells["n_seeds"], "training seed"), _count_text(cells["n_label_splits"], "label split")
-    if cells["n_label_splits"].max() == 1:
-        return f"{seeds}, all on one label split per label fraction"
-    if cells["n_seeds"].max() == 1:
-        return f"{splits}, all with one training seed"
-    return f"{seeds} × {splits}, one run each"
-
-
-def _interval_span(table: pd.DataFrame) -> str:
-    """The caption's "over ..." text: one clause per set of label fractions whose intervals vary
-    the same axes (at 100 % labels the grid runs one label split, as every split holds every frame)."""
-    most = table.groupby("label_fraction")[["n_seeds", "n_label_splits"]].transform("max")
-    by_axes = table.groupby([most["n_seeds"] > 1, most["n_label_splits"] > 1], sort=False)
-    if by_axes.ngroups == 1:
-        return _span_text(table)
-    clauses = []
-    for _, cells in sorted(by_axes, key=lambda group: group[1]["label_fraction"].min()):
-        fractions = ", ".join(f"{format_percent(f)} %" for f in sorted(cells["label_fraction"].unique()))
-        clauses.append(f"{_span_text(cells)} (at {fractions} labels)")
-    return " and ".join(clauses)
 
 
 def _untrained_note(record: Mapping) -> str | None:
@@ -253,7 +224,7 @@ def write_tables(
         caption = (
             f"{metric_label(main_metrics[task])} (%) for {task} fine-tuned on {dataset}, "
             f"backbone {backbone}: mean ± half-width of the 95 % t-interval over "
-            f"{_interval_span(table)}; (paired difference to scratch) in percentage points: mean ± half-width "
+            f"{interval_span(table)}; (paired difference to scratch) in percentage points: mean ± half-width "
             "of the 95 % t-interval, over the same runs, of each run minus the scratch run of its training "
             "seed and label split."
         )
