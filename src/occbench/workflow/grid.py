@@ -329,7 +329,9 @@ def pretrain_inputs(params: dict[str, Any], run: PretrainRun) -> dict[str, Any]:
 def finetune_inputs(params: dict[str, Any], run: FinetuneRun) -> dict[str, Any]:
     """Every params value a fine-tuning run reads, and nothing else; for a pre-trained
     source, that run's digest (so its settings count) and the minimum loaded fraction;
-    for a compute-matched one, what fixes the pre-training's step count."""
+    for a compute-matched one, what fixes the pre-training's step count. The label-split
+    seed enters through the split alone, so a run on split 0 keeps the digest it had
+    before label-split seeds existed."""
     finetune = params["finetune"]
     source = None
     if run.pretrained is not None:
@@ -340,8 +342,10 @@ def finetune_inputs(params: dict[str, Any], run: FinetuneRun) -> dict[str, Any]:
         source = {"pretrain_epochs": pretrain["epochs"], "pretrain_batch_size": pretrain["batch_size"],
                   "pretrain_dataset": params["datasets"][run.compute_matched.dataset],
                   "pretrain_split": split_inputs(params, "pretrain")}
+    coordinates = run.coordinates()
+    del coordinates["label_split_seed"]
     return {
-        "run": run.coordinates(),
+        "run": coordinates,
         "task": finetune[run.task],
         **training_inputs(params, run.backbone, run.finetune_dataset, "labels", run.label_split_seed),
         "source": source,
