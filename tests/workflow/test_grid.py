@@ -46,9 +46,14 @@ def test_label_split_seeds_are_a_second_axis_below_full_labels():
     below = {(r.seed, r.label_split_seed) for r in grid.finetune_runs if r.label_fraction == 0.5}
     assert below == {(seed, split) for seed in (0, 1, 2) for split in (0, 4, 7)}
     assert {r.label_split_seed for r in grid.finetune_runs if r.label_fraction == 1.0} == {0}
-    assert sorted(spec for spec in grid.splits if spec[1] == "labels") == sorted(
-        [("synthetic", "labels", f, s) for f in (0.001, 0.01, 0.1, 0.5) for s in (0, 4, 7)]
-        + [("synthetic", "labels", 1.0, 0)]
+
+def test_every_split_file_is_listed_once():
+    """Pre-training splits take no label-split seed; label splits one file per (fraction, split seed)."""
+    grid = Grid(paper_like_params(label_split_seeds=[0, 4, 7]))
+    assert sorted(grid.splits, key=str) == sorted(
+        [("synthetic", "pretrain", f, None) for f in (0.01, 0.1, 1.0)]
+        + [("synthetic", "labels", f, s) for f in (0.001, 0.01, 0.1, 0.5) for s in (0, 4, 7)]
+        + [("synthetic", "labels", 1.0, 0)], key=str
     )
 
 
