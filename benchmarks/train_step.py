@@ -48,7 +48,7 @@ def main() -> None:
         base = [args.params.resolve()]
         _verb(base, "convert", "--dataset", dataset, "--workers", "2")
         _verb(base, "split", "--dataset", dataset, "--subset", "pretrain", "--fraction", "1")
-        _verb(base, "split", "--dataset", dataset, "--subset", "labels", "--fraction", "1")
+        _verb(base, "split", "--dataset", dataset, "--subset", "labels", "--fraction", "1", "--split-seed", "0")
         for workers in args.workers:
             overlay = Path(tmp) / f"workers_{workers}.yaml"
             overlay.write_text(yaml.safe_dump({
@@ -60,7 +60,7 @@ def main() -> None:
             pretrain = pretrain_run(params, backbone, dataset, method, 1.0)
             _verb(files, "pretrain", "--backbone", backbone, "--dataset", dataset, "--method", method,
                   "--fraction", "1")
-            finetune = FinetuneRun("segmentation", backbone, dataset, 1.0, 0, None)
+            finetune = FinetuneRun("segmentation", backbone, dataset, 1.0, 0, 0, None)
             _verb(files, "finetune", "--task", "segmentation", "--backbone", backbone, "--dataset", dataset,
                   "--source", "scratch", "--label-fraction", fraction_tag(1.0), "--seed", "0")
             for job, run_dir in ((f"pretrain {method}", pretrain.directory), ("finetune segmentation",

@@ -31,8 +31,9 @@ def make_dataset(workdir: Path) -> None:
         grid = Grid(smoke_params())
         for name in grid.datasets:
             assert occbench("convert", "--dataset", name) == 0
-        for dataset, subset, fraction in grid.splits:
+        for dataset, subset, fraction, split_seed in grid.splits:
+            seed = [] if split_seed is None else ["--split-seed", str(split_seed)]
             assert occbench("split", "--dataset", dataset, "--subset", subset,
-                            "--fraction", fraction_tag(fraction)) == 0
+                            "--fraction", fraction_tag(fraction), *seed) == 0
     finally:
         os.chdir(cwd)

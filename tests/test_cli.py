@@ -9,7 +9,8 @@ from smoke import SMOKE_ARGS
 
 def test_validate_counts_the_smoke_grid(capsys):
     assert main([*SMOKE_ARGS, "validate"]) == 0
-    assert "1 pre-training and 8 fine-tuning runs" in capsys.readouterr().out
+    # 2 sources x 2 seeds x (2 label splits at 50 %, 1 at 100 %)
+    assert "1 pre-training and 12 fine-tuning runs" in capsys.readouterr().out
 
 
 def test_bad_params_exit_2_naming_file_and_key(tmp_path, capsys):
@@ -23,8 +24,17 @@ def test_bad_params_exit_2_naming_file_and_key(tmp_path, capsys):
 
 def test_missing_dataset_index_is_named(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main([*SMOKE_ARGS, "split", "--dataset", "synthetic", "--subset", "labels", "--fraction", "0.5"]) == 2
+    assert main([*SMOKE_ARGS, "split", "--dataset", "synthetic", "--subset", "labels", "--fraction", "0.5",
+                 "--split-seed", "1"]) == 2
     assert "results/data/synthetic/index.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("subset", "seed", "problem"), [("labels", [], "a 'labels' split needs a label-split seed"),
+                                                         ("pretrain", ["--split-seed", "1"],
+                                                          "a 'pretrain' split takes no label-split seed")])
+def test_split_seed_is_for_label_splits_only(subset, seed, problem, capsys):
+    assert main([*SMOKE_ARGS, "split", "--dataset", "synthetic", "--subset", subset, "--fraction", "1", *seed]) == 2
+    assert problem in capsys.readouterr().err
 
 
 def test_unknown_verb_is_an_argparse_error():

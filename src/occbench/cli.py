@@ -28,13 +28,12 @@ def _convert(args, params) -> None:
 def _split(args, params) -> None:
     from occbench.data.dataset import FrameIndex
     from occbench.data.splits import nested_subset, write_split
-    from occbench.workflow.grid import index_path, split_path
+    from occbench.workflow.grid import index_path, split_inputs, split_path
 
+    path = split_path(args.dataset, args.subset, args.fraction, args.split_seed)
     index = FrameIndex(index_path(args.dataset))
-    splits = params["splits"]
-    sampling = splits["pretrain_sampling" if args.subset == "pretrain" else "label_sampling"]
-    subset = nested_subset(index.scenes("train"), args.fraction, splits["seed"], sampling)
-    write_split(split_path(args.dataset, args.subset, args.fraction), subset)
+    drawn = split_inputs(params, args.subset, args.split_seed)
+    write_split(path, nested_subset(index.scenes("train"), args.fraction, drawn["seed"], drawn["sampling"]))
 
 
 def _pretrain(args, params) -> None:
@@ -48,7 +47,7 @@ def _finetune(args, params) -> None:
     from occbench.tasks.job import finetune
 
     run = Grid(params).finetune_run(args.task, args.backbone, args.dataset, args.source,
-                                    args.label_fraction, args.seed)
+                                    args.label_fraction, args.seed, args.label_split_seed)
     metrics = finetune(params, run)
     print({key: value for key, value in metrics.items() if not isinstance(value, dict)})
 
@@ -105,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     verb.add_argument("--dataset", required=True)
     verb.add_argument("--subset", choices=["pretrain", "labels"], required=True)
     verb.add_argument("--fraction", type=float, required=True)
+    verb.add_argument("--split-seed", type=int,
+                      help="label-split seed (grid.label_split_seeds) of a 'labels' split; "
+                           "'pretrain' splits are seeded by splits.seed")
     verb.set_defaults(handler=_split)
 
     verb = verbs.add_parser("pretrain", help="pre-train the backbone with one method")
@@ -119,9 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     verb.add_argument("--task", required=True)
     verb.add_argument("--backbone", required=True)
     verb.add_argument("--dataset", required=True, help="fine-tuning dataset")
-    verb.add_argument("--source", required=True, help="'scratch' or a pre-training tag METHOD-DATASET-pt_FRACTION")
+    verb.add_argument("--source", required=True,
+                      help="'scratch', a pre-training tag METHOD-DATASET-pt_FRACTION, or a compute-matched "
+                           "scratch scratch_matched-DATASET-pt_FRACTION")
     verb.add_argument("--label-fraction", type=float, required=True)
-    verb.add_argument("--seed", type=int, required=True)
+    verb.add_argument("--seed", type=int, required=True, help="training seed")
+    verb.add_argument("--label-split-seed", type=int, default=0,
+                      help="which nested label split (grid.label_split_seeds; default 0)")
     _processes_option(verb)
     verb.set_defaults(handler=_finetune)
 

@@ -87,6 +87,10 @@ def check_consistency(params: dict[str, Any], source: str = "params.yaml") -> No
             check_nesting(fractions, params["splits"][key])
         except ValueError as err:
             problems.append(f"splits.{key}: {err}")
+    from occbench.workflow.grid import SCRATCH  # grid.py imports this module
+
+    if grid["compute_matched_scratch"] and set(grid["methods"]) <= {SCRATCH}:
+        problems.append("grid.compute_matched_scratch: grid.methods has no pre-training method to match the steps of")
     low, high = params["voxelization"]["point_cloud_range"][:3], params["voxelization"]["point_cloud_range"][3:]
     if any(lo >= hi for lo, hi in zip(low, high)):
         problems.append("voxelization.point_cloud_range: each minimum must be below its maximum")

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from occbench.data.splits import (
@@ -14,12 +15,13 @@ SCENES = {f"{s:04d}_{f:03d}": f"{s:04d}" for s in range(20) for f in range(10)}
 IDS = sorted(SCENES)
 
 
+@pytest.mark.parametrize("seed", [0, 3, 7])
 @pytest.mark.parametrize("sampling", ["frames", "interval", "scenes"])
-def test_fractions_are_nested_and_sized(sampling):
+def test_fractions_are_nested_and_sized_for_each_seed(sampling, seed):
     previous: set[str] = set()
     sizes = {}
     for fraction in (1.0, 0.1, 0.01) if sampling == "interval" else (1.0, 0.5, 0.1):
-        subset = nested_subset(SCENES, fraction, seed=3, sampling=sampling)
+        subset = nested_subset(SCENES, fraction, seed=seed, sampling=sampling)
         assert len(subset) == len(set(subset))
         assert not previous or set(subset) <= previous
         previous = set(subset)
@@ -40,11 +42,25 @@ def test_interval_keeps_every_kth_frame_and_scenes_keep_whole_scenes():
     assert len(kept) == 10 * len(kept_scenes)  # every frame of a kept scene
 
 
-def test_subset_depends_on_split_seed_only_not_on_order_of_ids():
+@pytest.mark.parametrize("sampling", ["frames", "interval", "scenes"])
+def test_subset_depends_on_split_seed_only_not_on_order_of_ids(sampling):
     reordered = dict(reversed(list(SCENES.items())))
-    assert nested_subset(SCENES, 0.1, seed=3) == nested_subset(reordered, 0.1, seed=3)
-    assert nested_subset(SCENES, 0.1, seed=3) != nested_subset(SCENES, 0.1, seed=4)
-    assert nested_subset(SCENES, 0.1, 3, "scenes") == nested_subset(SCENES, 0.1, 4, "scenes")
+    assert nested_subset(SCENES, 0.1, 3, sampling) == nested_subset(reordered, 0.1, 3, sampling)
+    # Seeds below the stride (10 here) keep pairwise different frames.
+    drawn = [frozenset(nested_subset(SCENES, 0.1, seed, sampling)) for seed in range(10)]
+    assert len(set(drawn)) == 10
+
+
+def test_seed_0_keeps_the_first_and_a_seed_shifts_the_start_cyclically():
+    """Seed 0 is the split files written before split seeds existed; seed s starts at the s-th frame (scene)."""
+    assert nested_subset(SCENES, 0.1, 0, "frames") == [IDS[i] for i in np.random.default_rng(0).permutation(200)[:20]]
+    assert nested_subset(SCENES, 0.1, 3, "interval") == IDS[3::10]
+    assert {SCENES[f] for f in nested_subset(SCENES, 0.25, 0, "scenes")} == {"0000", "0004", "0008", "0012", "0016"}
+    assert {SCENES[f] for f in nested_subset(SCENES, 0.25, 3, "scenes")} == {"0003", "0007", "0011", "0015", "0019"}
+    # 20 scenes at stride 3 from scene 19 on, wrapping: 19, 2, 5, 8, 11, 14, 17 (7 of them, as from scene 0).
+    wrapped = {int(SCENES[f]) for f in nested_subset(SCENES, 1 / 3, 19, "scenes")}
+    assert wrapped == {19, 2, 5, 8, 11, 14, 17}
+    assert nested_subset(SCENES, 1.0, 5, "scenes") == IDS  # every frame, whatever the seed
 
 
 def test_strides_must_be_whole_and_nest():

@@ -5,7 +5,7 @@ import pytest
 
 from occbench.report.aggregate import collect_runs, dvc_metrics, fraction_key, summarise
 
-T_DF1, T_DF2 = 12.706205, 4.302653  # t_{0.975, 1} and t_{0.975, 2}: two and three seeds
+T_DF1, T_DF2, T_DF3 = 12.706205, 4.302653, 3.182446  # t_{0.975, df}: two, three and four runs
 # (method, label_fraction) -> mIoU per seed
 MIOU = {
     ("scratch", 0.1): [0.30, 0.34],
@@ -19,19 +19,20 @@ MIOU = {
 ALSO_LOAD = {"loaded_fraction": 1.0, "pretrained_fraction": 0.59, "untrained_modules": ["to_bev", "bev_neck"]}
 
 
-def write_run(root, method, label_fraction, seed, miou, iou=None, load=ALSO_LOAD):
-    run_dir = root / f"{method}_{label_fraction}_{seed}"
+def write_run(root, method, label_fraction, seed, miou, iou=None, load=ALSO_LOAD, label_split_seed=0):
+    run_dir = root / f"{method}_{label_fraction}_{seed}_{label_split_seed}"
     run_dir.mkdir()
-    pretrained = method != "scratch"
+    pretrained = method not in ("scratch", "scratch_matched")
     run = {
         "task": "segmentation",
         "backbone": "small",
         "method": method,
-        "pretrain_dataset": "synthetic" if pretrained else None,
-        "pretrain_fraction": 1.0 if pretrained else None,
+        "pretrain_dataset": None if method == "scratch" else "synthetic",
+        "pretrain_fraction": None if method == "scratch" else 1.0,
         "finetune_dataset": "synthetic",
         "label_fraction": label_fraction,
         "seed": seed,
+        "label_split_seed": label_split_seed,
     }
     (run_dir / "run_meta.json").write_text(json.dumps({"run": run, "pretrained": load if pretrained else None}))
     metrics = {"miou": miou, "accuracy": 0.8, "iou": iou or {"road": 0.9, "pole": None}}
@@ -105,7 +106,8 @@ def test_summarise_mean_ci_and_delta(run_dirs):
     summary = summarise(collect_runs(run_dirs))
     miou = summary[summary["metric"] == "miou"].set_index(["method", "label_fraction"])
     assert len(miou) == 4  # scratch rows survive their NaN pre-training keys
-    assert miou["n_seeds"].tolist() == [2, 2, 2, 2]
+    assert miou["n_runs"].tolist() == miou["n_seeds"].tolist() == [2, 2, 2, 2]
+    assert miou["n_label_splits"].tolist() == [1, 1, 1, 1]
     expected = {
         # (mean, s / sqrt(2) = |a - b| / 2, delta to scratch)
         ("scratch", 0.1): (0.32, 0.02, 0.0),
@@ -142,7 +144,7 @@ def test_paired_difference_by_hand(tmp_path):
     """Per seed also - scratch = 0.04, 0.01, 0.07: mean 0.04, s = 0.03."""
     miou = paired_runs(tmp_path, scratch={3: 0.30, 11: 0.35, 7: 0.40}, also={7: 0.47, 3: 0.34, 11: 0.36})
     also = miou.loc["also"]
-    assert also["paired_n"] == 3 and also["unpaired_seeds"] == ""
+    assert also["paired_n"] == 3 and also["unpaired_runs"] == ""
     assert also["paired_diff_mean"] == pytest.approx(0.04)
     assert also["paired_diff_ci95"] == pytest.approx(T_DF2 * 0.03 / math.sqrt(3), rel=1e-6)
     # Unpaired, the cell's own spread (s = 0.07 for 0.34, 0.36, 0.47) would be far wider.
@@ -165,13 +167,53 @@ def test_pairing_is_by_seed_not_by_order(tmp_path):
 def test_seed_without_scratch_partner_is_named_not_dropped(tmp_path):
     """Seed 2 has no scratch run: the pairs are seeds 0 and 1 (0.04, 0.01), and summarise says so."""
     also = paired_runs(tmp_path, scratch={0: 0.30, 1: 0.35}, also={0: 0.34, 1: 0.36, 2: 0.47}).loc["also"]
-    assert (also["n_seeds"], also["paired_n"], also["unpaired_seeds"]) == (3, 2, "2")
+    assert (also["n_runs"], also["paired_n"], also["unpaired_runs"]) == (3, 2, "2/0")
     assert also["paired_diff_mean"] == pytest.approx(0.025)
     assert also["paired_diff_ci95"] == pytest.approx(T_DF1 * 0.015, rel=1e-6)
     (tmp_path / "none").mkdir()
     alone = paired_runs(tmp_path / "none", scratch={}, also={0: 0.34, 2: 0.47}).loc["also"]
-    assert (alone["paired_n"], alone["unpaired_seeds"]) == (0, "0,2")
+    assert (alone["paired_n"], alone["unpaired_runs"]) == (0, "0/0,2/0")
     assert math.isnan(alone["paired_diff_mean"]) and math.isnan(alone["paired_diff_ci95"])
+
+
+# (training seed, label-split seed) -> mIoU at 10 % labels: two seeds crossed with two label splits.
+CROSSED = {
+    "scratch": {(0, 0): 0.30, (0, 1): 0.40, (1, 0): 0.32, (1, 1): 0.38},
+    "also": {(0, 0): 0.36, (0, 1): 0.41, (1, 0): 0.35, (1, 1): 0.42},
+}
+
+
+def crossed_summary(tmp_path, runs=CROSSED):
+    dirs = [write_run(tmp_path, method, 0.1, seed, miou, label_split_seed=split)
+            for method, by_cell in runs.items() for (seed, split), miou in by_cell.items()]
+    summary = summarise(collect_runs(dirs))
+    return summary[summary["metric"] == "miou"].set_index("method")
+
+
+def test_pairing_covers_training_seeds_and_label_splits(tmp_path):
+    """Per (seed, split) also - scratch = 0.06, 0.01, 0.03, 0.04: mean 0.035, s = sqrt(0.00130 / 3).
+    Pairing by seed alone could not tell the two splits of a seed apart (merge many-to-one fails)."""
+    also = crossed_summary(tmp_path).loc["also"]
+    assert (also["n_runs"], also["n_seeds"], also["n_label_splits"], also["paired_n"]) == (4, 2, 2, 4)
+    assert also["paired_diff_mean"] == pytest.approx(0.035)
+    assert also["paired_diff_ci95"] == pytest.approx(T_DF3 * math.sqrt(0.0013 / 3) / 2, rel=1e-6)
+    # The cell's own interval spans all four runs: 0.36, 0.41, 0.35, 0.42, mean 0.385, s^2 = 0.0037 / 3.
+    assert also["mean"] == pytest.approx(0.385)
+    assert also["ci95"] == pytest.approx(T_DF3 * math.sqrt(0.0037 / 3) / 2, rel=1e-6)
+
+
+def test_run_without_scratch_partner_names_its_seed_and_label_split(tmp_path):
+    scratch = {cell: miou for cell, miou in CROSSED["scratch"].items() if cell != (1, 1)}
+    also = crossed_summary(tmp_path, {"scratch": scratch, "also": CROSSED["also"]}).loc["also"]
+    assert (also["paired_n"], also["unpaired_runs"]) == (3, "1/1")
+    assert also["paired_diff_mean"] == pytest.approx((0.06 + 0.01 + 0.03) / 3)
+
+
+def test_compute_matched_scratch_has_no_load_report_and_is_paired_like_any_source(tmp_path):
+    runs = {**CROSSED, "scratch_matched": {(0, 0): 0.33, (0, 1): 0.42, (1, 0): 0.33, (1, 1): 0.40}}
+    matched = crossed_summary(tmp_path, runs).loc["scratch_matched"]
+    assert matched["pretrain_fraction"] == 1.0 and math.isnan(matched["pretrained_fraction"])
+    assert (matched["paired_n"], matched["paired_diff_mean"]) == (4, pytest.approx((0.03 + 0.02 + 0.01 + 0.02) / 4))
 
 
 def test_scratch_naming_a_pretraining_is_refused(run_dirs):

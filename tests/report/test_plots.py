@@ -1,5 +1,8 @@
+from itertools import product
+
 import pandas as pd
 
+from occbench.report import plots
 from occbench.report.aggregate import summarise
 from occbench.report.plots import plot_label_efficiency, plot_pretrain_scaling
 
@@ -7,15 +10,15 @@ MAIN_METRICS = {"segmentation": "miou"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def make_summary(pretrain_fractions):
-    """Two seeds of scratch and of ALSO at each pre-training fraction, three label fractions."""
+def make_summary(pretrain_fractions, label_split_seeds=(0,)):
+    """Two seeds of scratch and of ALSO at each pre-training fraction, three label fractions, on each label split."""
     base = {"task": "segmentation", "backbone": "small", "finetune_dataset": "synthetic", "metric": "miou"}
     scratch = {"method": "scratch", "pretrain_dataset": None, "pretrain_fraction": None,
                "pretrained_fraction": None, "untrained_modules": ""}
     rows = []
     for label_fraction in (0.01, 0.1, 1.0):
-        for seed in (0, 1):
-            run = {**base, "label_fraction": label_fraction, "seed": seed}
+        for seed, split_seed in product((0, 1), label_split_seeds):
+            run = {**base, "label_fraction": label_fraction, "seed": seed, "label_split_seed": split_seed}
             rows.append({**run, **scratch, "value": 0.3 + 0.1 * label_fraction + 0.01 * seed})
             for fraction in pretrain_fractions:
                 also = {"method": "also", "pretrain_dataset": "synthetic", "pretrain_fraction": fraction,
@@ -36,6 +39,17 @@ def test_label_efficiency_plot(tmp_path):
     assert paths == [tmp_path / "label_efficiency_segmentation_synthetic_small.png"]
     assert_png(paths[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == [paths[0].name]  # no temp files left
+
+
+def test_plot_titles_say_what_the_error_bars_span(tmp_path, monkeypatch):
+    titles = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path: titles.append(figure.axes[0].get_title()) or path)
+    plot_label_efficiency(make_summary([1.0], label_split_seeds=(0, 3)), MAIN_METRICS, tmp_path)
+    plot_pretrain_scaling(make_summary([0.5, 1.0]), MAIN_METRICS, tmp_path)
+    assert titles[0] == ("segmentation on synthetic, backbone small\n"
+                         "error bars: 95 % t-interval over 2 training seeds × 2 label splits, one run each")
+    assert titles[1] == ("segmentation on synthetic, backbone small, 1 % labels\nerror bars: 95 % t-interval "
+                         "over 2 training seeds, all on one label split per label\nfraction")
 
 
 def test_pretrain_scaling_one_plot_per_label_fraction(tmp_path):

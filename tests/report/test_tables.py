@@ -1,4 +1,5 @@
 import csv
+from itertools import product
 
 import pandas as pd
 import pytest
@@ -23,22 +24,24 @@ MIOU = {
 FULLY_TRAINED = ("", 1.0)
 
 
-def make_summary(miou=MIOU, trained=None):
+def make_summary(miou=MIOU, trained=None, label_split_seeds=(0,)):
+    """Runs of every seed on each of ``label_split_seeds`` (values repeated across splits)."""
     rows = []
     for (method, label_fraction), values in miou.items():
-        pretrained = method != "scratch"
+        pretrained = method not in ("scratch", "scratch_matched")
         untrained, fraction = (trained or {}).get(method, FULLY_TRAINED) if pretrained else ("", None)
-        for seed, value in enumerate(values):
+        for (seed, value), split_seed in product(enumerate(values), label_split_seeds):
             rows.append(
                 {
                     "task": "segmentation",
                     "backbone": "small",
                     "method": method,
-                    "pretrain_dataset": "synthetic" if pretrained else None,
-                    "pretrain_fraction": 1.0 if pretrained else None,
+                    "pretrain_dataset": None if method == "scratch" else "synthetic",
+                    "pretrain_fraction": None if method == "scratch" else 1.0,
                     "finetune_dataset": "synthetic",
                     "label_fraction": label_fraction,
                     "seed": seed,
+                    "label_split_seed": split_seed,
                     "pretrained_fraction": fraction,
                     "untrained_modules": untrained,
                     "metric": "miou",
@@ -66,9 +69,9 @@ def test_markdown_cells_and_row_order(tables):
     caption = lines[0]
     assert caption == (
         "mIoU (%) for segmentation fine-tuned on synthetic, backbone small: mean ± half-width of the 95 % "
-        "t-interval over 1–3 training seeds, all on one fixed label split per label fraction; (paired difference "
-        "to scratch) in percentage points: mean ± half-width of the 95 % t-interval, over the same seeds, of each "
-        "run minus the scratch run of its seed."
+        "t-interval over 1–3 training seeds, all on one label split per label fraction; (paired difference to "
+        "scratch) in percentage points: mean ± half-width of the 95 % t-interval, over the same runs, of each run "
+        "minus the scratch run of its training seed and label split."
     )
     assert lines[2:] == [
         "| Method | 10 % | 100 % |",
@@ -108,10 +111,10 @@ def test_csv_holds_raw_numbers(tables):
     assert float(also_full["mean"]) == pytest.approx(0.61)
     assert float(also_full["ci95"]) == pytest.approx(12.706205 * 0.01, rel=1e-6)
     assert float(also_full["delta_scratch"]) == pytest.approx(0.09)
-    assert int(also_full["n_seeds"]) == 2
+    assert (int(also_full["n_runs"]), int(also_full["n_seeds"]), int(also_full["n_label_splits"])) == (2, 2, 1)
     assert also_full["pretrain_fraction"] == "1.0"
     also_tenth = rows[2]
-    assert (also_tenth["paired_n"], also_tenth["unpaired_seeds"]) == ("3", "")
+    assert (also_tenth["paired_n"], also_tenth["unpaired_runs"]) == ("3", "")
     assert float(also_tenth["paired_diff_mean"]) == pytest.approx(0.04)
     assert float(also_tenth["paired_diff_ci95"]) == pytest.approx(4.302653 * 0.03 / 3**0.5, rel=1e-6)
     assert rows[0]["pretrain_dataset"] == "" and rows[4]["ci95"] == "" and rows[4]["paired_diff_ci95"] == ""
@@ -180,8 +183,8 @@ def test_seed_without_scratch_partner_is_marked(tmp_path, summary_via_csv):
     text = {path.suffix: path.read_text() for path in paths}
     lines = text[".md"].splitlines()
     assert lines[0].endswith(
-        "of each run minus the scratch run of its seed. ‡ Bracket over fewer seeds than the cell: "
-        "also (synthetic, 100 %) at 10 %: 2 of 3 seeds paired, no scratch run of seed 2."
+        "of its training seed and label split. ‡ Bracket over fewer runs than the cell: "
+        "also (synthetic, 100 %) at 10 %: 2 of 3 runs paired, no scratch run of seed/label split 2/0."
     )
     # 12.706205 * 0.015 = 19.1 points; the 100 % cell and occ are fully paired and unmarked.
     assert lines[5] == "| also (synthetic, 100 %) | 39.0 ± 17.4 (+2.5 ± 19.1) ‡ | 61.0 ± 12.7 (+9.0 ± 12.7) |"
@@ -189,13 +192,13 @@ def test_seed_without_scratch_partner_is_marked(tmp_path, summary_via_csv):
     assert text[".md"].count("‡") == 2
     assert r"(+2.5 $\pm$ 19.1) \textdaggerdbl{} &" in text[".tex"]
     rows = list(csv.DictReader(text[".csv"].splitlines()))
-    assert [(row["paired_n"], row["unpaired_seeds"]) for row in rows if row["method"] == "also"] == [
-        ("2", "2"), ("2", "")
+    assert [(row["paired_n"], row["unpaired_runs"]) for row in rows if row["method"] == "also"] == [
+        ("2", "2/0"), ("2", "")
     ]
 
 
 def test_cell_format_edge_cases():
-    record = {"method": "also", "mean": 0.4123, "ci95": 0.0131, "n_seeds": 3, "paired_n": 3,
+    record = {"method": "also", "mean": 0.4123, "ci95": 0.0131, "n_runs": 3, "paired_n": 3,
               "paired_diff_mean": -0.0004, "paired_diff_ci95": 0.0052}
     assert format_cell(record) == "41.2 ± 1.3 (+0.0 ± 0.5)"  # a rounded -0.0 reads as +0.0
     assert format_cell({**record, "paired_n": 1, "paired_diff_ci95": float("nan")}) == "41.2 ± 1.3 (+0.0) ‡"
@@ -203,6 +206,46 @@ def test_cell_format_edge_cases():
     assert format_cell(no_scratch) == "41.2 ± 1.3 ‡"
     assert format_cell({**record, "method": "scratch"}) == "41.2 ± 1.3"
     assert latex_escape("a_b & 5 % #1 {x} ‡") == r"a\_b \& 5 \% \#1 \{x\} \textdaggerdbl{}"
+
+
+def caption(tmp_path, summary):
+    paths = write_tables(summary, MAIN_METRICS, tmp_path)
+    return next(path for path in paths if path.suffix == ".md").read_text().splitlines()[0]
+
+
+SCRATCH_AND_ALSO = {key: values for key, values in MIOU.items() if key[0] in ("scratch", "also")}
+
+
+def test_caption_says_what_the_interval_covers_as_the_grid_has_it(tmp_path):
+    both = caption(tmp_path, make_summary(SCRATCH_AND_ALSO, label_split_seeds=(0, 1)))
+    assert "t-interval over 2–3 training seeds × 2 label splits, one run each; (paired" in both
+    splits_only = {key: values[:1] for key, values in SCRATCH_AND_ALSO.items()}
+    assert "t-interval over 3 label splits, all with one training seed; (paired" in \
+        caption(tmp_path, make_summary(splits_only, label_split_seeds=(0, 4, 5)))
+    assert "t-interval over 1 training seed, all on one label split per label fraction; (paired" in \
+        caption(tmp_path, make_summary(splits_only))
+
+
+def test_caption_names_the_fractions_whose_interval_spans_other_axes(tmp_path):
+    """As the grid runs it: two label splits below 100 % labels, one at 100 % (every split is all frames)."""
+    below = make_summary({key: v for key, v in SCRATCH_AND_ALSO.items() if key[1] < 1}, label_split_seeds=(0, 1))
+    full = make_summary({key: v for key, v in SCRATCH_AND_ALSO.items() if key[1] == 1})
+    text = caption(tmp_path, pd.concat([below, full]))
+    assert ("t-interval over 3 training seeds × 2 label splits, one run each (at 10 % labels) and "
+            "2 training seeds, all on one label split per label fraction (at 100 % labels); (paired") in text
+
+
+def test_compute_matched_scratch_is_its_own_row_with_a_paired_bracket(tmp_path):
+    """At 10 %: 0.32, 0.36, 0.43 -> 37.0 ± 4.30 * sqrt(0.0031 / 3) = 13.8; minus scratch per seed 0.02, 0.01,
+    0.03 -> +2.0 ± 4.30 * 1 / sqrt(3) = 2.5."""
+    miou = {**SCRATCH_AND_ALSO, ("scratch_matched", 0.1): [0.32, 0.36, 0.43]}
+    paths = write_tables(make_summary(miou), MAIN_METRICS, tmp_path, method_order=["scratch", "also"])
+    lines = next(path for path in paths if path.suffix == ".md").read_text().splitlines()
+    assert lines[4].startswith("| scratch |")
+    assert lines[5] == "| scratch_matched (synthetic, 100 %) | 37.0 ± 13.8 (+2.0 ± 2.5) | – |"
+    assert lines[6].startswith("| also (synthetic, 100 %) |")
+    assert lines[0].endswith("scratch_matched (D, P %): scratch trained for as many optimizer steps as "
+                             "pre-training on P % of D plus fine-tuning, rounded up to whole epochs.")
 
 
 def test_one_table_per_dataset_and_backbone(tmp_path):

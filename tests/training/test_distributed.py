@@ -34,7 +34,7 @@ OVERLAY = {
 }
 FINETUNE = ["finetune", "--task", "segmentation", "--backbone", "small", "--dataset", "synthetic", "--source",
             "scratch", "--label-fraction", "1", "--seed", "0"]
-RUN_DIR = Path("results/finetune/segmentation/synthetic/small/scratch/labels_1/seed_0")
+RUN_DIR = Path("results/finetune/segmentation/synthetic/small/scratch/labels_1/split_0/seed_0")
 
 
 def _finetune(workdir: Path, processes: int) -> Path:

@@ -7,7 +7,7 @@ import yaml
 
 from smoke import make_dataset, occbench
 
-RUN_DIR = "results/finetune/segmentation/synthetic/small/scratch/labels_1/seed_0"
+RUN_DIR = "results/finetune/segmentation/synthetic/small/scratch/labels_1/split_0/seed_0"
 
 
 def test_nan_loss_names_the_step_and_leaves_no_metrics(tmp_path, capsys):

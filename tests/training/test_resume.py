@@ -35,7 +35,8 @@ PRETRAIN = ["pretrain", "--backbone", "small", "--dataset", "synthetic", "--meth
 FINETUNE = ["finetune", "--task", "segmentation", "--backbone", "small", "--dataset", "synthetic",
             "--source", "also-synthetic-pt_1", "--label-fraction", "1", "--seed", "0"]
 RUN_DIRS = {"pretrain": Path("results/pretrain/small/synthetic/also/pt_1"),
-            "finetune": Path("results/finetune/segmentation/synthetic/small/also-synthetic-pt_1/labels_1/seed_0")}
+            "finetune": Path("results/finetune/segmentation/synthetic/small/also-synthetic-pt_1/labels_1/split_0/"
+                             "seed_0")}
 
 
 def _command(workdir: Path) -> list[str]:

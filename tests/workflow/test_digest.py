@@ -23,6 +23,7 @@ from occbench.workflow.grid import (
     dataset_digest,
     digest,
     finetune_digest,
+    finetune_inputs,
     params_files_from_env,
     pretrain_digest,
     split_digest,
@@ -30,16 +31,22 @@ from occbench.workflow.grid import (
 from smoke import SMOKE_FILES, smoke_params
 
 PRE, FT_PRE, FT_SCRATCH = "pretrain", "finetune of a pre-trained source", "scratch finetune"
-ALL = {PRE, FT_PRE, FT_SCRATCH}
-FINETUNES = {FT_PRE, FT_SCRATCH}
+FT_MATCHED = "compute-matched scratch finetune"
+ALL = {PRE, FT_PRE, FT_SCRATCH, FT_MATCHED}
+FINETUNES = {FT_PRE, FT_SCRATCH, FT_MATCHED}
+# What fixes the pre-training's step count: a compute-matched run reads it too.
+PRE_STEPS = {PRE, FT_PRE, FT_MATCHED}
 NONE: set[str] = set()
 
 
 def runs(params: dict) -> dict[str, object]:
-    grid = Grid(params)
+    """One run of each kind, all on label split 0, from the grid with compute-matched scratch on."""
+    grid = Grid(edited(params, "grid.compute_matched_scratch", True))
     pretrained = next(r for r in grid.finetune_runs if r.pretrained)
-    scratch = next(r for r in grid.finetune_runs if r.pretrained is None)
-    return {PRE: pretrained.pretrained, FT_PRE: pretrained, FT_SCRATCH: scratch}
+    scratch = next(r for r in grid.finetune_runs if r.method == "scratch")
+    matched = next(r for r in grid.finetune_runs if r.compute_matched)
+    assert {r.label_split_seed for r in (pretrained, scratch, matched)} == {0}
+    return {PRE: pretrained.pretrained, FT_PRE: pretrained, FT_SCRATCH: scratch, FT_MATCHED: matched}
 
 
 def digests(params: dict, runs_: dict) -> dict[str, str]:
@@ -63,14 +70,15 @@ CASES = [
     ("pretrain.optimizer.lr", 0.002, {PRE, FT_PRE}),
     ("pretrain.schedule.name", "cosine", {PRE, FT_PRE}),
     ("pretrain.grad_clip", None, {PRE, FT_PRE}),
-    ("pretrain.epochs", 7, {PRE, FT_PRE}),
+    ("pretrain.epochs", 7, PRE_STEPS),
+    ("pretrain.batch_size", 1, PRE_STEPS),
     ("pretrain.seed", 1, {PRE, FT_PRE}),
     ("pretrain.methods.also.hidden_dim", 32, {PRE, FT_PRE}),
     ("pretrain.methods.also.queries_per_frame", 999, {PRE, FT_PRE}),
     ("pretrain.methods.spot", {"beams": 32}, NONE),  # another method's block
     ("pretrain.methods.picture.hidden_dim", 32, NONE),  # a method taught by these runs' method
-    ("splits.seed", 1, ALL),
-    ("splits.pretrain_sampling", "frames", {PRE, FT_PRE}),
+    ("splits.seed", 1, PRE_STEPS),  # label splits take their own seeds
+    ("splits.pretrain_sampling", "frames", PRE_STEPS),
     ("splits.label_sampling", "frames", FINETUNES),
     ("datasets.synthetic.seed", 5, ALL),
     ("datasets.synthetic.sensor", {"profile": "kitti64"}, ALL),
@@ -93,6 +101,8 @@ CASES = [
     ("execution.state_every_steps", 100, NONE),
     ("grid.seeds", [0, 1, 2, 3], NONE),
     ("grid.label_fractions", [0.25, 0.5, 1.0], NONE),
+    ("grid.label_split_seeds", [0, 1, 5], NONE),  # a run reads its own split seed, not the list
+    ("grid.compute_matched_scratch", True, NONE),  # adds runs; changes none
 ]
 
 
@@ -108,7 +118,7 @@ def test_a_run_digest_changes_exactly_with_what_the_run_reads(key, value, change
 def test_digests_of_distinct_runs_differ_and_do_not_depend_on_key_order_or_int_vs_float():
     params = smoke_params()
     values = set(digests(params, runs(params)).values())
-    assert len(values) == 3
+    assert len(values) == 4
     reordered = {key: params[key] for key in reversed(list(params))}
     reordered["augmentation"] = edited(params, "augmentation.rotation_deg", 0)["augmentation"]  # 0 for 0.0
     assert set(digests(reordered, runs(params)).values()) == values
@@ -124,8 +134,28 @@ def test_data_digests_cover_their_own_dataset_and_subset_only():
         dataset_digest(params, "synthetic")
     labels_sampling = edited(params, "splits.label_sampling", "frames")
     assert split_digest(labels_sampling, "pretrain") == split_digest(params, "pretrain")
-    assert split_digest(labels_sampling, "labels") != split_digest(params, "labels")
+    assert split_digest(labels_sampling, "labels", 0) != split_digest(params, "labels", 0)
     assert split_digest(edited(params, "splits.seed", 3), "pretrain") != split_digest(params, "pretrain")
+    assert split_digest(edited(params, "splits.seed", 3), "labels", 0) == split_digest(params, "labels", 0)
+    assert split_digest(params, "labels", 1) != split_digest(params, "labels", 0)
+
+
+def test_a_label_split_seed_enters_the_digest_of_its_own_runs_only():
+    """A run on label split 1 reads what its split-0 twin reads, but for its own split's seed (the seed
+    enters only through the split)."""
+    params = smoke_params()
+    grid = Grid(params)
+    assert params["grid"]["label_split_seeds"] == [0, 1]
+    twins = {}
+    for run in grid.finetune_runs:
+        twins.setdefault((run.source, run.label_fraction, run.seed), {})[run.label_split_seed] = run
+    pairs = [(by_split[0], by_split[1]) for by_split in twins.values() if len(by_split) == 2]
+    assert len(pairs) == 2 * 2  # sources x training seeds, at label fraction 0.5 (1 has one split)
+    for first, second in pairs:
+        assert finetune_digest(params, first) != finetune_digest(params, second)
+        inputs, own = finetune_inputs(params, second), finetune_inputs(params, first)
+        assert (inputs["split"].pop("seed"), own["split"].pop("seed")) == (1, 0)
+        assert inputs == own
 
 
 def test_cli_reads_the_params_files_from_the_environment(monkeypatch, capsys):

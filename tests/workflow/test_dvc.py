@@ -31,8 +31,9 @@ def test_repro_then_param_change_shows_changed_cells(project_copy):
     plots = json.loads(_run(project_copy, "dvc", "plots", "show", "--json"))["data"]
     step_curves = {Path(name).name for name in plots if "reports/curves/steps/" in name}
     assert "pretrain-small-synthetic-also-pt_1.tsv" in step_curves
-    assert "finetune-segmentation-synthetic-small-scratch-labels_0.5-seed_0.tsv" in step_curves
-    assert len(step_curves) == 1 + 2 * 2 * 2  # ALSO's pre-training; 2 sources x 2 label fractions x 2 seeds
+    assert "finetune-segmentation-synthetic-small-scratch-labels_0.5-split_1-seed_0.tsv" in step_curves
+    # ALSO's pre-training; 2 sources x 2 seeds x (2 label splits at 50 %, 1 at 100 %)
+    assert len(step_curves) == 1 + 2 * 2 * (2 + 1)
     rendered = plots["reports/curves/epochs/pretrain-small-synthetic-also-pt_1.tsv"][0]["content"]
     assert rendered["encoding"]["x"]["field"] == "epoch" and rendered["data"]["values"][0]["loss"]
     _run(project_copy, "git", "add", "-A")

@@ -3,17 +3,20 @@ from pathlib import Path
 
 import pytest
 
-from occbench.workflow.grid import SCRATCH, Grid, fraction_tag
-from smoke import smoke_params
+from occbench.config import load_params
+from occbench.workflow.grid import COMPUTE_MATCHED, SCRATCH, Grid, MatchedPretraining, fraction_tag, split_path
+from smoke import SMOKE_FILES, smoke_params
 
 
-def paper_like_params():
+def paper_like_params(label_split_seeds=(0,), compute_matched_scratch=False):
     params = smoke_params()
     params["grid"].update(
         backbones=["small", "base"],
         pretrain_fractions=[0.01, 0.1, 1.0],
         label_fractions=[0.001, 0.01, 0.1, 0.5, 1.0],
         seeds=[0, 1, 2],
+        label_split_seeds=list(label_split_seeds),
+        compute_matched_scratch=compute_matched_scratch,
     )
     return params
 
@@ -28,27 +31,64 @@ def test_scratch_has_no_pretraining_and_is_not_repeated_per_pretrain_fraction():
     assert len(scratch) == 2 * 5 * 3
 
 
-def test_paths_round_trip_through_source_tags():
-    grid = Grid(paper_like_params())
-    for run in grid.finetune_runs:
-        again = grid.finetune_run(run.task, run.backbone, run.finetune_dataset, run.source,
-                                  float(fraction_tag(run.label_fraction)), run.seed)
-        assert again == run
-        assert run.metrics == again.metrics
-    run = next(r for r in grid.finetune_runs if r.pretrained and r.pretrained.fraction == 0.01)
-    assert run.metrics == Path(
-        f"results/finetune/segmentation/synthetic/{run.backbone}/also-synthetic-pt_0.01/"
-        f"labels_{fraction_tag(run.label_fraction)}/seed_{run.seed}/metrics.json"
-    )
-    assert run.pretrained.checkpoint == Path(f"results/pretrain/{run.backbone}/synthetic/also/pt_0.01/checkpoint.pt")
+def test_the_default_grid_keeps_its_run_count_and_one_label_split():
+    grid = Grid(load_params(SMOKE_FILES[0]))
+    assert (len(grid.pretrain_runs), len(grid.finetune_runs)) == (1, 2 * 3 * 2)  # fractions x seeds x sources
+    assert {run.label_split_seed for run in grid.finetune_runs} == {0}
+    assert [spec for spec in grid.splits if spec[1] == "labels"] == [("synthetic", "labels", 0.1, 0),
+                                                                     ("synthetic", "labels", 1.0, 0)]
 
+
+def test_label_split_seeds_are_a_second_axis_below_full_labels():
+    """3 training seeds x 3 label splits at each fraction below 1; at 1 every split is all frames, so one."""
+    grid = Grid(paper_like_params(label_split_seeds=[0, 4, 7]))
+    cells_per_source = 2 * 3 * (4 * 3 + 1)  # backbones x seeds x (label fractions < 1 x splits + fraction 1)
+    assert len(grid.finetune_runs) == cells_per_source * (1 + 3)
+    below = {(r.seed, r.label_split_seed) for r in grid.finetune_runs if r.label_fraction == 0.5}
+    assert below == {(seed, split) for seed in (0, 1, 2) for split in (0, 4, 7)}
+    assert {r.label_split_seed for r in grid.finetune_runs if r.label_fraction == 1.0} == {0}
 
 def test_every_split_file_is_listed_once():
-    grid = Grid(paper_like_params())
-    assert sorted(grid.splits) == sorted(
-        [("synthetic", "pretrain", f) for f in (0.01, 0.1, 1.0)]
-        + [("synthetic", "labels", f) for f in (0.001, 0.01, 0.1, 0.5, 1.0)]
+    """Pre-training splits take no label-split seed; label splits one file per (fraction, split seed)."""
+    grid = Grid(paper_like_params(label_split_seeds=[0, 4, 7]))
+    assert sorted(grid.splits, key=str) == sorted(
+        [("synthetic", "pretrain", f, None) for f in (0.01, 0.1, 1.0)]
+        + [("synthetic", "labels", f, s) for f in (0.001, 0.01, 0.1, 0.5) for s in (0, 4, 7)]
+        + [("synthetic", "labels", 1.0, 0)], key=str
     )
+
+
+def test_compute_matched_scratch_is_one_source_per_pretrain_fraction():
+    grid = Grid(paper_like_params(compute_matched_scratch=True))
+    matched = [run for run in grid.finetune_runs if run.method == COMPUTE_MATCHED]
+    assert len(matched) == 2 * 5 * 3 * 3  # backbones x label fractions x seeds x pre-training fractions
+    assert {run.compute_matched for run in matched} == {MatchedPretraining("synthetic", f) for f in (0.01, 0.1, 1.0)}
+    assert all(run.pretrained is None for run in matched)
+    assert len(grid.pretrain_runs) == 2 * 3  # it adds no pre-training
+    with pytest.raises(ValueError, match="grid.compute_matched_scratch is off"):
+        Grid(paper_like_params()).finetune_run("segmentation", "small", "synthetic", matched[0].source, 0.1, 0, 0)
+
+
+def test_paths_round_trip_through_source_tags():
+    grid = Grid(paper_like_params(label_split_seeds=[0, 3], compute_matched_scratch=True))
+    for run in grid.finetune_runs:
+        again = grid.finetune_run(run.task, run.backbone, run.finetune_dataset, run.source,
+                                  float(fraction_tag(run.label_fraction)), run.seed, run.label_split_seed)
+        assert again == run
+        assert run.metrics == again.metrics
+    run = next(r for r in grid.finetune_runs if r.pretrained and r.pretrained.fraction == 0.01
+               and r.label_split_seed == 3)
+    assert run.metrics == Path(
+        f"results/finetune/segmentation/synthetic/{run.backbone}/also-synthetic-pt_0.01/"
+        f"labels_{fraction_tag(run.label_fraction)}/split_3/seed_{run.seed}/metrics.json"
+    )
+    assert split_path("synthetic", "labels", run.label_fraction, 3) == Path(
+        f"results/data/synthetic/splits/labels_{fraction_tag(run.label_fraction)}_split_3.txt")
+    assert run.pretrained.checkpoint == Path(f"results/pretrain/{run.backbone}/synthetic/also/pt_0.01/checkpoint.pt")
+    matched = next(r for r in grid.finetune_runs if r.compute_matched and r.compute_matched.fraction == 0.1)
+    assert matched.source == "scratch_matched-synthetic-pt_0.1"
+    assert matched.compute_matched.split == Path("results/data/synthetic/splits/pretrain_0.1.txt")
+    assert matched.coordinates()["pretrain_fraction"] == 0.1 and matched.coordinates()["method"] == COMPUTE_MATCHED
 
 
 def test_results_readme_shows_every_path_of_the_layout():

@@ -126,8 +126,8 @@ def test_label_sampling_reruns_label_splits_and_finetunes_not_pretraining(projec
     grid = grid_of(project)
     sampling = overlay(project, "sampling.yaml", {"splits": {"label_sampling": "frames"}})
     jobs = planned(project, "--configfile", sampling)
-    assert set(jobs) == {"split", "finetune", "aggregate", "report", "all"}
-    assert jobs["split"] == {str(split_path(*spec)) for spec in grid.splits if spec[1] == "labels"}
+    assert set(jobs) == {"label_split", "finetune", "aggregate", "report", "all"}
+    assert jobs["label_split"] == {str(split_path(*spec)) for spec in grid.splits if spec[1] == "labels"}
     assert jobs["finetune"] == {str(run.metrics) for run in grid.finetune_runs}
 
 

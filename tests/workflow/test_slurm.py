@@ -66,7 +66,7 @@ grid:
 LONG_PRETRAIN = "pretrain:\n  epochs: 30\n"
 PRETRAIN_RUN = {"backbone": "small", "dataset": "synthetic", "method": "also", "fraction": "1"}
 CHECKPOINT = PATTERNS["checkpoint"].format(**PRETRAIN_RUN)
-PRETRAIN_SPLIT = PATTERNS["split"].format(dataset="synthetic", subset="pretrain", fraction="1")
+PRETRAIN_SPLIT = PATTERNS["pretrain_split"].format(dataset="synthetic", fraction="1")
 PRETRAIN_LOG = "results/logs/pretrain/{backbone}_{dataset}_{method}_{fraction}.log".format(**PRETRAIN_RUN)
 # Not anchored: in a log the line follows a progress bar's, which ends in no newline.
 SAVED = re.compile(r"occbench: SIGTERM received at epoch (\d+) step (\d+); resume state saved to (\S+)\n")

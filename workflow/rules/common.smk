@@ -30,13 +30,19 @@ def teacher_checkpoint(wildcards):
 
 def finetune_run(wildcards):
     return GRID.finetune_run(wildcards.task, wildcards.backbone, wildcards.dataset, wildcards.source,
-                             float(wildcards.fraction), int(wildcards.seed))
+                             float(wildcards.fraction), int(wildcards.seed), int(wildcards.split_seed))
 
 
 def pretrained_checkpoint(wildcards):
     """The checkpoint a fine-tuning run starts from; none for scratch."""
-    run = GRID.pretrain_run(wildcards.backbone, wildcards.source)
-    return [str(run.checkpoint)] if run else []
+    run = finetune_run(wildcards)
+    return [str(run.pretrained.checkpoint)] if run.pretrained else []
+
+
+def matched_pretrain_split(wildcards):
+    """The pre-training split whose frames count a compute-matched scratch run's steps; none otherwise."""
+    run = finetune_run(wildcards)
+    return [str(run.compute_matched.split)] if run.compute_matched else []
 
 
 wildcard_constraints:
@@ -44,7 +50,7 @@ wildcard_constraints:
     backbone=r"[a-z0-9_]+",
     method=r"[a-z0-9_]+(\+[a-z0-9_.]+)*",
     task=r"[a-z0-9_]+",
-    subset=r"pretrain|labels",
     fraction=r"[0-9.e-]+",
     seed=r"[0-9]+",
+    split_seed=r"[0-9]+",
     source=r"[a-z0-9_.+-]+",

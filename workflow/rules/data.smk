@@ -1,4 +1,4 @@
-# Data conversion and the nested fraction index files.
+# Data conversion and the nested fraction index files (pre-training; labels, per label-split seed).
 
 
 rule convert:
@@ -34,19 +34,36 @@ use rule convert as convert_waymo with:
         "../envs/waymo.yml"
 
 
-rule split:
+rule pretrain_split:
     input:
         index=PATTERNS["index"],
     output:
-        PATTERNS["split"],
+        PATTERNS["pretrain_split"],
     log:
-        "results/logs/split/{dataset}_{subset}_{fraction}.log",
+        "results/logs/split/{dataset}_pretrain_{fraction}.log",
     benchmark:
-        "results/benchmarks/split/{dataset}_{subset}_{fraction}.tsv"
+        "results/benchmarks/split/{dataset}_pretrain_{fraction}.tsv"
     params:
-        hparams=lambda w: split_digest(config, w.subset),
+        hparams=lambda w: split_digest(config, "pretrain"),
     conda:
         ENV
     shell:
-        "occbench split --dataset {wildcards.dataset} --subset {wildcards.subset}"
-        " --fraction {wildcards.fraction} > {log} 2>&1"
+        "occbench split --dataset {wildcards.dataset} --subset pretrain --fraction {wildcards.fraction} > {log} 2>&1"
+
+
+rule label_split:
+    input:
+        index=PATTERNS["index"],
+    output:
+        PATTERNS["label_split"],
+    log:
+        "results/logs/split/{dataset}_labels_{fraction}_split_{split_seed}.log",
+    benchmark:
+        "results/benchmarks/split/{dataset}_labels_{fraction}_split_{split_seed}.tsv"
+    params:
+        hparams=lambda w: split_digest(config, "labels", int(w.split_seed)),
+    conda:
+        ENV
+    shell:
+        "occbench split --dataset {wildcards.dataset} --subset labels --fraction {wildcards.fraction}"
+        " --split-seed {wildcards.split_seed} > {log} 2>&1"

@@ -1,17 +1,18 @@
-# One fine-tuning job per (task, backbone, dataset, source, label fraction, seed).
+# One fine-tuning job per (task, backbone, dataset, source, label fraction, label-split seed, seed).
 
 
 rule finetune:
     input:
         index=PATTERNS["index"],
-        split=expand(PATTERNS["split"], subset="labels", allow_missing=True),
+        split=PATTERNS["label_split"],
         checkpoint=pretrained_checkpoint,
+        pretrain_split=matched_pretrain_split,
     output:
         metrics=PATTERNS["metrics"],
     log:
-        "results/logs/finetune/{task}_{dataset}_{backbone}_{source}_{fraction}_{seed}.log",
+        "results/logs/finetune/{task}_{dataset}_{backbone}_{source}_{fraction}_{split_seed}_{seed}.log",
     benchmark:
-        "results/benchmarks/finetune/{task}_{dataset}_{backbone}_{source}_{fraction}_{seed}.tsv"
+        "results/benchmarks/finetune/{task}_{dataset}_{backbone}_{source}_{fraction}_{split_seed}_{seed}.tsv"
     params:
         hparams=lambda w: finetune_digest(config, finetune_run(w)),
     threads: config["execution"]["threads"]
@@ -24,4 +25,5 @@ rule finetune:
     shell:
         "exec occbench finetune --task {wildcards.task} --backbone {wildcards.backbone}"
         " --dataset {wildcards.dataset} --source {wildcards.source}"
-        " --label-fraction {wildcards.fraction} --seed {wildcards.seed} > {log} 2>&1"
+        " --label-fraction {wildcards.fraction} --label-split-seed {wildcards.split_seed}"
+        " --seed {wildcards.seed} > {log} 2>&1"

@@ -5,7 +5,7 @@
 rule pretrain:
     input:
         index=PATTERNS["index"],
-        split=expand(PATTERNS["split"], subset="pretrain", allow_missing=True),
+        split=PATTERNS["pretrain_split"],
         teacher=teacher_checkpoint,
     output:
         checkpoint=PATTERNS["checkpoint"],

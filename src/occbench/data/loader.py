@@ -133,9 +133,9 @@ class RunFrames:
     val_ids: list[str]
 
     @classmethod
-    def read(cls, dataset: str, subset: str, fraction: float) -> "RunFrames":
+    def read(cls, dataset: str, subset: str, fraction: float, split_seed: int | None = None) -> "RunFrames":
         index = FrameIndex(index_path(dataset))
-        split_file = split_path(dataset, subset, fraction)
+        split_file = split_path(dataset, subset, fraction, split_seed)
         val_ids = index.ids("val")
         if not val_ids:
             raise ValueError(f"{index.path}: the dataset has no 'val' frames to evaluate on")

@@ -1,8 +1,8 @@
 """Nested, seeded subsets of a dataset's training frames, as index files.
 
 Three ways to take a fraction f of the training frames, each nested (the
-frames of 1 % lie inside those of 10 %, inside 100 %) and independent of any
-training seed:
+frames of 1 % lie inside those of 10 %, inside 100 %) for one seed and
+independent of any training seed:
 
     frames    the first ceil(f * N) frames of one seeded permutation of the frames;
     interval  every k-th frame in temporal order, k = 1 / f (OpenPCDet's
@@ -10,10 +10,13 @@ training seed:
     scenes    every frame of every k-th scene, k = 1 / f (ALSO's label
               fractions: whole scenes, so no labelled scene is half-used).
 
-``interval`` and ``scenes`` take fractions 1 / k; they nest when each stride
-divides the strides of the smaller fractions (0.01, 0.1, 1 do; 0.5, 0.2 do
-not), which ``check_nesting`` tells before anything runs. Index files hold
-one frame id a line; their hash goes into run_meta.json.
+``interval`` and ``scenes`` count every k-th from the seed-th frame (scene) on,
+cyclically: seed 0 starts at the first, as before label-split seeds existed,
+and seeds below min(k, N frames or scenes) give pairwise different subsets.
+They take fractions 1 / k and nest when each stride divides the strides of
+the smaller fractions (0.01, 0.1, 1 do; 0.5, 0.2 do not), which
+``check_nesting`` tells before anything runs. Index files hold one frame id a
+line; their hash goes into run_meta.json.
 """
 
 from __future__ import annotations
@@ -56,6 +59,12 @@ def check_nesting(fractions: list[float], sampling: str) -> None:
             )
 
 
+def _every_kth(items: list[str], stride: int, seed: int) -> list[str]:
+    """Every stride-th item from item seed (mod len) on, wrapping around: nested over strides that divide."""
+    start = seed % len(items)
+    return (items[start:] + items[:start])[::stride]
+
+
 def nested_subset(frame_scenes: dict[str, str], fraction: float, seed: int, sampling: str = "frames") -> list[str]:
     """The training frames a fraction keeps. ``frame_scenes`` maps frame id -> scene;
     frame ids sort in temporal order within a scene, as every converter writes them."""
@@ -67,9 +76,9 @@ def nested_subset(frame_scenes: dict[str, str], fraction: float, seed: int, samp
         return [ordered[i] for i in order[: subset_size(fraction, len(ordered))]]
     stride = sampling_stride(fraction)
     if sampling == "interval":
-        return ordered[::stride]
+        return sorted(_every_kth(ordered, stride, seed))
     if sampling == "scenes":
-        kept = set(sorted(set(frame_scenes.values()))[::stride])
+        kept = set(_every_kth(sorted(set(frame_scenes.values())), stride, seed))
         return [frame_id for frame_id in ordered if frame_scenes[frame_id] in kept]
     raise ValueError(f"unknown sampling {sampling!r}; known: {', '.join(SAMPLINGS)}")
 

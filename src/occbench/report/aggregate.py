@@ -17,8 +17,10 @@ import pandas as pd
 
 from occbench.io import read_json
 from occbench.metrics.stats import mean_ci95, nan_to_none
-from occbench.workflow.grid import SCRATCH, TEACHER_SEPARATOR
+from occbench.workflow.grid import COMPUTE_MATCHED, SCRATCH, TEACHER_SEPARATOR
 
+# Sources that load no checkpoint, so their runs carry no load report.
+UNPRETRAINED = (SCRATCH, COMPUTE_MATCHED)
 # A run's coordinates as stored under "run" in run_meta.json.
 COORDINATES = (
     "task",
@@ -29,6 +31,7 @@ COORDINATES = (
     "finetune_dataset",
     "label_fraction",
     "seed",
+    "label_split_seed",
 )
 # What the run's pre-training trained: share of the backbone's parameter values
 # loaded and trained, and the top-level modules never trained, comma-separated in
@@ -36,7 +39,7 @@ COORDINATES = (
 PRETRAINED_COLUMNS = ("pretrained_fraction", "untrained_modules")
 # One pre-training checkpoint loaded into one backbone: every run of it shares what it trained.
 SOURCE_KEYS = ("backbone", "method", "pretrain_dataset", "pretrain_fraction")
-# One summary row: everything but the seed.
+# One summary row: everything but the training and label-split seeds.
 SUMMARY_KEYS = (
     "task",
     "backbone",
@@ -49,17 +52,18 @@ SUMMARY_KEYS = (
 )
 # What a pre-trained row is compared with: the scratch row of the same cell.
 SCRATCH_MATCH_KEYS = ("task", "backbone", "finetune_dataset", "label_fraction", "metric")
-# A run's scratch partner: the scratch run of the same cell and training seed. The label
-# split is one file per (dataset, label fraction), seeded by splits.seed, not by the seed.
-PAIR_KEYS = (*SCRATCH_MATCH_KEYS, "seed")
-# Paired difference to scratch over seeds (see ``summarise``).
-PAIRED_COLUMNS = ("paired_n", "paired_diff_mean", "paired_diff_ci95", "unpaired_seeds")
+# A run's scratch partner: the scratch run of the same cell, training seed and label split.
+PAIR_KEYS = (*SCRATCH_MATCH_KEYS, "seed", "label_split_seed")
+# What a cell's interval spans: its runs, and how many training seeds and label splits they have.
+COUNT_COLUMNS = ("n_runs", "n_seeds", "n_label_splits")
+# Paired difference to scratch over the cell's runs (see ``summarise``).
+PAIRED_COLUMNS = ("paired_n", "paired_diff_mean", "paired_diff_ci95", "unpaired_runs")
 # One table or plot per combination of these.
 TABLE_KEYS = ("task", "finetune_dataset", "backbone")
 # One table row or plot line per combination of these.
 ROW_KEYS = ("method", "pretrain_dataset", "pretrain_fraction")
 
-# One cell's numbers in the DVC metrics file; its counts (n_seeds, paired_n) stay in the CSV.
+# One cell's numbers in the DVC metrics file; its counts (n_runs, paired_n, ...) stay in the CSV.
 DVC_METRICS = ("mean", "ci95", "delta_scratch", "paired_diff_mean", "paired_diff_ci95")
 
 _METRIC_LABELS = {"miou": "mIoU", "accuracy": "accuracy"}
@@ -82,7 +86,7 @@ def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str
 
 def _pretrained_columns(meta_path: Path, meta: Mapping[str, Any], method: str) -> dict[str, Any]:
     """A pre-trained run without the record cannot say what it started from, so it is refused."""
-    if method == SCRATCH:
+    if method in UNPRETRAINED:
         return {"pretrained_fraction": math.nan, "untrained_modules": ""}
     loaded = meta.get("pretrained")
     if not isinstance(loaded, dict) or not set(PRETRAINED_COLUMNS) <= loaded.keys():
@@ -136,24 +140,29 @@ def _pair_with_scratch(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _paired_columns(group: pd.DataFrame) -> dict[str, Any]:
-    """Mean and 95 % t half-width of run minus scratch over the seeds that have a scratch partner."""
+    """Mean and 95 % t half-width of run minus scratch over the runs that have a scratch partner;
+    the others as "seed/label-split seed" ("2/0,1/1")."""
     diffs = group["value"] - group["scratch_value"]
     paired = diffs.notna()
     mean, ci95 = mean_ci95(diffs[paired]) if paired.any() else (math.nan, math.nan)
-    unpaired = sorted(int(seed) for seed in group.loc[~paired, "seed"])
+    unpaired = sorted(zip(group.loc[~paired, "seed"].astype(int), group.loc[~paired, "label_split_seed"].astype(int)))
     return {"paired_n": int(paired.sum()), "paired_diff_mean": mean, "paired_diff_ci95": ci95,
-            "unpaired_seeds": ",".join(map(str, unpaired))}
+            "unpaired_runs": ",".join(f"{seed}/{split_seed}" for seed, split_seed in unpaired)}
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and 95 % t-interval half-width over seeds, the difference to scratch, and what pre-training trained.
+    """Mean and 95 % t-interval half-width over a cell's runs, the difference to scratch, and what
+    pre-training trained.
 
-    ``delta_scratch`` is the difference of the means; ``paired_diff_mean`` and
-    ``paired_diff_ci95`` are the mean and 95 % t half-width of the per-seed
-    differences to the scratch run of the same seed (and label split), which
-    cancel what a seed does to both. A seed without a scratch partner is not
-    dropped silently: ``paired_n`` counts the pairs and ``unpaired_seeds``
-    names the others ("0,2"; "" when all are paired), and tables mark the cell.
+    A cell's runs are every (training seed, label-split seed) it has, one
+    sample each: the interval covers both, as ``n_seeds`` and ``n_label_splits``
+    count them. ``delta_scratch`` is the difference of the means;
+    ``paired_diff_mean`` and ``paired_diff_ci95`` are the mean and 95 % t
+    half-width of the per-run differences to the scratch run of the same
+    training seed and label split, which cancel what those do to both. A run
+    without a scratch partner is not dropped silently: ``paired_n`` counts the
+    pairs and ``unpaired_runs`` names the others as seed/label-split seed
+    ("0/0,2/1"; "" when all are paired), and tables mark the cell.
     Raising instead would refuse whole grids over a per-class IoU that is
     undefined (None) in one scratch run only.
 
@@ -175,9 +184,10 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     group_keys = [*SUMMARY_KEYS, *PRETRAINED_COLUMNS]  # the latter are constant within a group (checked above)
     for group_key, group in _pair_with_scratch(runs).groupby(group_keys, dropna=False, sort=True):
         mean, ci95 = mean_ci95(group["value"])
-        records.append({**dict(zip(group_keys, group_key)), "n_seeds": len(group), "mean": mean, "ci95": ci95,
-                        **_paired_columns(group)})
-    summary = pd.DataFrame(records, columns=[*group_keys, "n_seeds", "mean", "ci95", *PAIRED_COLUMNS])
+        counts = (len(group), group["seed"].nunique(), group["label_split_seed"].nunique())
+        records.append({**dict(zip(group_keys, group_key)), **dict(zip(COUNT_COLUMNS, counts)),
+                        "mean": mean, "ci95": ci95, **_paired_columns(group)})
+    summary = pd.DataFrame(records, columns=[*group_keys, *COUNT_COLUMNS, "mean", "ci95", *PAIRED_COLUMNS])
     scratch = summary.loc[summary["method"] == SCRATCH, [*SCRATCH_MATCH_KEYS, "mean"]]
     summary = summary.merge(
         scratch.rename(columns={"mean": "scratch_mean"}), on=list(SCRATCH_MATCH_KEYS), how="left"
@@ -188,7 +198,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
 
 def read_summary(path: str | Path) -> pd.DataFrame:
     """summary.csv as ``summarise`` wrote it: list columns stay text ("2" is a seed, not the number 2.0)."""
-    return pd.read_csv(path, dtype={"unpaired_seeds": str, "untrained_modules": str})
+    return pd.read_csv(path, dtype={"unpaired_runs": str, "untrained_modules": str})
 
 
 def main_metric_rows(summary: pd.DataFrame, main_metrics: Mapping[str, str]) -> pd.DataFrame:
@@ -219,6 +229,37 @@ def _none_if_missing(value: Any) -> Any:
     return None if pd.isna(value) else value
 
 
+def _count_text(counts: pd.Series, noun: str) -> str:
+    """"3 training seeds", "1–3 training seeds", "1 training seed"."""
+    low, high = int(counts.min()), int(counts.max())
+    return f"{low if low == high else f'{low}–{high}'} {noun}{'' if high == 1 else 's'}"
+
+
+def _span_text(cells: pd.DataFrame) -> str:
+    """What the intervals of some cells span: training seeds, label splits, or both."""
+    seeds, splits = _count_text(cells["n_seeds"], "training seed"), _count_text(cells["n_label_splits"], "label split")
+    if cells["n_label_splits"].max() == 1:
+        return f"{seeds}, all on one label split per label fraction"
+    if cells["n_seeds"].max() == 1:
+        return f"{splits}, all with one training seed"
+    return f"{seeds} × {splits}, one run each"
+
+
+def interval_span(table: pd.DataFrame) -> str:
+    """What the intervals of a table's or plot's cells span, for its caption ("... over <this>"): one
+    clause per set of label fractions whose intervals vary the same axes (at 100 % labels the grid
+    runs one label split, as every split holds every frame)."""
+    most = table.groupby("label_fraction")[["n_seeds", "n_label_splits"]].transform("max")
+    by_axes = table.groupby([most["n_seeds"] > 1, most["n_label_splits"] > 1], sort=False)
+    if by_axes.ngroups == 1:
+        return _span_text(table)
+    clauses = []
+    for _, cells in sorted(by_axes, key=lambda group: group[1]["label_fraction"].min()):
+        fractions = ", ".join(f"{format_percent(f)} %" for f in sorted(cells["label_fraction"].unique()))
+        clauses.append(f"{_span_text(cells)} (at {fractions} labels)")
+    return " and ".join(clauses)
+
+
 def row_key(record: Mapping[str, Any], keys: Sequence[str] = ROW_KEYS) -> tuple:
     """The row a summary record belongs to, with NaN as None so keys compare equal."""
     return tuple(_none_if_missing(record[key]) for key in keys)
@@ -228,13 +269,15 @@ def _row_rank(key: tuple, method_order: Sequence[str]) -> tuple:
     method, *rest = key
     name = method.split(TEACHER_SEPARATOR)[0]  # picture+also ranks as picture
     position = method_order.index(name) if name in method_order else len(method_order)
-    return (method != SCRATCH, position, method, *((value is None, value or 0) for value in rest))
+    baseline = UNPRETRAINED.index(method) if method in UNPRETRAINED else len(UNPRETRAINED)
+    return (baseline, position, method, *((value is None, value or 0) for value in rest))
 
 
 def split_rows(
     frame: pd.DataFrame, method_order: Sequence[str] = (), keys: Sequence[str] = ROW_KEYS
 ) -> list[tuple[tuple, pd.DataFrame]]:
-    """(row key, rows) pairs: scratch first, then methods in method_order, unknown ones last."""
+    """(row key, rows) pairs: scratch first, compute-matched scratch next, then methods in
+    method_order, unknown ones last."""
     row_keys = [row_key(record, keys) for record in frame.to_dict("records")]
     ordered = sorted(set(row_keys), key=lambda key: _row_rank(key, list(method_order)))
     return [(key, frame[[candidate == key for candidate in row_keys]]) for key in ordered]

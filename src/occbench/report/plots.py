@@ -6,6 +6,7 @@ display and leaves no global figure state behind in a long-running process.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -22,6 +23,7 @@ from occbench.report.aggregate import (
     TABLE_KEYS,
     format_percent,
     fraction_key,
+    interval_span,
     main_metric_rows,
     metric_label,
     row_label,
@@ -56,6 +58,12 @@ def _draw_line(axes: Axes, rows: pd.DataFrame, x_column: str, label: str) -> Non
     )
 
 
+def _set_title(axes: Axes, title: str, cells: pd.DataFrame) -> None:
+    """The title, and beneath it what the error bars span, as a table's caption says it."""
+    errors = textwrap.fill(f"error bars: 95 % t-interval over {interval_span(cells)}", 90)
+    axes.set_title(f"{title}\n{errors}", fontsize="small")
+
+
 def _save(figure: Figure, path: Path) -> Path:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120)
@@ -77,7 +85,7 @@ def plot_label_efficiency(
             _draw_line(axes, line, "label_fraction", row_label(key))
         _percent_log_x(axes, table["label_fraction"], "labelled fine-tuning data")
         axes.set_ylabel(f"{metric_label(main_metrics[task])} (%)")
-        axes.set_title(f"{task} on {dataset}, backbone {backbone}")
+        _set_title(axes, f"{task} on {dataset}, backbone {backbone}", table)
         axes.legend()
         written.append(_save(figure, Path(out_dir) / f"label_efficiency_{task}_{dataset}_{backbone}.png"))
     return written
@@ -110,9 +118,7 @@ def plot_pretrain_scaling(
             axes.axhspan(mean - ci95, mean + ci95, color="black", alpha=0.1)
         _percent_log_x(axes, pretrained["pretrain_fraction"], "pre-training data")
         axes.set_ylabel(f"{metric_label(main_metrics[task])} (%)")
-        axes.set_title(
-            f"{task} on {dataset}, backbone {backbone}, {format_percent(label_fraction)} % labels"
-        )
+        _set_title(axes, f"{task} on {dataset}, backbone {backbone}, {format_percent(label_fraction)} % labels", table)
         axes.legend()
         name = f"pretrain_scaling_{task}_{dataset}_{backbone}_labels_{fraction_key(label_fraction)}.png"
         written.append(_save(figure, Path(out_dir) / name))

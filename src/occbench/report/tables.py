@@ -2,9 +2,12 @@
 
 Cells read "mean ± ci95 (paired difference to scratch ± its ci95)" in
 percentage points with one decimal; the CSV keeps the raw numbers instead of
-the formatted strings. The bracket pairs each run with the scratch run of the
-same seed, so what a seed does to both cancels; a cell with a seed that has no
-scratch partner is marked ‡ and the caption names the seeds left unpaired.
+the formatted strings. The intervals span a cell's runs, one per (training
+seed, label-split seed), and the caption says which of the two vary. The
+bracket pairs each run with the scratch run of the same training seed and
+label split, so what those do to both cancels; a cell with a run that has no
+scratch partner is marked ‡ and the caption names the runs left unpaired.
+Compute-matched scratch (scratch_matched) is a row of its own, paired the same way.
 
 A source whose pre-training never trained some backbone modules (ALSO never
 reaches the BEV neck) gets a marker (†, then ††, ... for each distinct case)
@@ -23,9 +26,11 @@ import pandas as pd
 
 from occbench.io import write_text
 from occbench.report.aggregate import (
+    COMPUTE_MATCHED,
     SCRATCH,
     TABLE_KEYS,
     format_percent,
+    interval_span,
     main_metric_rows,
     metric_label,
     row_label,
@@ -64,14 +69,16 @@ CSV_COLUMNS = (
     "pretrain_fraction",
     "label_fraction",
     "metric",
+    "n_runs",
     "n_seeds",
+    "n_label_splits",
     "mean",
     "ci95",
     "delta_scratch",
     "paired_n",
     "paired_diff_mean",
     "paired_diff_ci95",
-    "unpaired_seeds",
+    "unpaired_runs",
     "pretrained_fraction",
     "untrained_modules",
 )
@@ -89,24 +96,19 @@ def _listed(value: object) -> str:
 
 
 def format_cell(record: Mapping) -> str:
-    """"41.2 ± 1.3 (+2.1 ± 0.8)"; no bracket for scratch or without a partner, ‡ when a seed has none."""
+    """"41.2 ± 1.3 (+2.1 ± 0.8)"; no bracket for scratch or without a partner, ‡ when a run has none."""
     text = _interval(record["mean"], record["ci95"])
     if record["method"] == SCRATCH:
         return text
     if record["paired_n"] > 0:
         text += f" ({_interval(record['paired_diff_mean'], record['paired_diff_ci95'], signed=True)})"
-    if record["paired_n"] < record["n_seeds"]:
+    if record["paired_n"] < record["n_runs"]:
         text += f" {UNPAIRED_MARKER}"
     return text
 
 
 def latex_escape(text: str) -> str:
     return "".join(_LATEX_ESCAPES.get(char, char) for char in text)
-
-
-def _seed_count_text(table: pd.DataFrame) -> str:
-    low, high = int(table["n_seeds"].min()), int(table["n_seeds"].max())
-    return f"{low}" if low == high else f"{low}–{high}"
 
 
 def _untrained_note(record: Mapping) -> str | None:
@@ -141,18 +143,19 @@ def _row_labels(table: pd.DataFrame, method_order: Sequence[str]) -> tuple[dict[
 
 
 def _unpaired_note(table: pd.DataFrame, method_order: Sequence[str], labels: Mapping[tuple, str]) -> str | None:
-    """The caption's ‡ legend: which cells have seeds without a scratch run of the same seed, or None."""
+    """The caption's ‡ legend: which cells have runs without a scratch run of the same training seed
+    and label split, or None."""
     cells = []
     for key, rows in split_rows(table, method_order):
         for record in rows.sort_values("label_fraction").to_dict("records"):
-            if record["method"] != SCRATCH and record["paired_n"] < record["n_seeds"]:
-                seeds = _listed(record["unpaired_seeds"]).split(",")
+            if record["method"] != SCRATCH and record["paired_n"] < record["n_runs"]:
+                unpaired = _listed(record["unpaired_runs"]).split(",")
                 cells.append(f"{labels[key]} at {format_percent(record['label_fraction'])} %: "
-                             f"{record['paired_n']} of {record['n_seeds']} seeds paired, no scratch run of "
-                             f"seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}")
+                             f"{record['paired_n']} of {record['n_runs']} runs paired, no scratch run of "
+                             f"seed/label split {', '.join(unpaired)}")
     if not cells:
         return None
-    return f"{UNPAIRED_MARKER} Bracket over fewer seeds than the cell: {'; '.join(cells)}."
+    return f"{UNPAIRED_MARKER} Bracket over fewer runs than the cell: {'; '.join(cells)}."
 
 
 def _grid(table: pd.DataFrame, method_order: Sequence[str],
@@ -221,10 +224,13 @@ def write_tables(
         caption = (
             f"{metric_label(main_metrics[task])} (%) for {task} fine-tuned on {dataset}, "
             f"backbone {backbone}: mean ± half-width of the 95 % t-interval over "
-            f"{_seed_count_text(table)} training seeds, all on one fixed label split per label fraction; "
-            "(paired difference to scratch) in percentage points: mean ± half-width of the 95 % t-interval, "
-            "over the same seeds, of each run minus the scratch run of its seed."
+            f"{interval_span(table)}; (paired difference to scratch) in percentage points: mean ± half-width "
+            "of the 95 % t-interval, over the same runs, of each run minus the scratch run of its training "
+            "seed and label split."
         )
+        if (table["method"] == COMPUTE_MATCHED).any():
+            caption += (f" {COMPUTE_MATCHED} (D, P %): scratch trained for as many optimizer steps as "
+                        "pre-training on P % of D plus fine-tuning, rounded up to whole epochs.")
         labels, legend = _row_labels(table, method_order)
         if legend:
             caption += (" Marked sources left backbone modules untrained in pre-training (no gradient reached "

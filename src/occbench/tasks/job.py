@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
 
 from occbench.data.batch import check_needs
 from occbench.data.dataset import FrameIndex
-from occbench.data.loader import RunFrames, evaluation_loader
+from occbench.data.loader import RunFrames, StepSampler, evaluation_loader
+from occbench.data.splits import read_split
 from occbench.io import sha256_file, sha256_json, write_json
 from occbench.models.backbone import SparseBackbone
 from occbench.models.checkpoint import load_backbone, read_checkpoint
@@ -28,6 +30,22 @@ def epochs_for(schedule: list[dict], label_fraction: float) -> int:
         if label_fraction <= entry["up_to_label_fraction"]:
             return entry["epochs"]
     raise ValueError(f"no epoch schedule entry covers label fraction {label_fraction}")
+
+
+def compute_matched_epochs(params: dict, run: FinetuneRun, label_frames: int, pretrain_frames: int) -> int:
+    """Epochs of a compute-matched scratch run over its labelled frames: the fewest whole epochs whose
+    optimizer steps reach those of a pre-trained run it is compared with, pre-training plus fine-tuning.
+
+    With steps(n, b) = ceil(n / b) the steps of an epoch over n frames at batch b (as one process
+    takes them), pre-training takes P = pretrain.epochs * steps(pre-training frames of its fraction,
+    pretrain.batch_size), fine-tuning F = E * S with E the label fraction's epochs and S =
+    steps(labelled frames, the task's batch_size); the run trains ceil((P + F) / S) = E + ceil(P / S)
+    epochs, so it takes P + F steps, or up to S - 1 more where S does not divide P.
+    """
+    settings, pretrain = params["finetune"][run.task], params["pretrain"]
+    epoch_steps = StepSampler.steps(label_frames, settings["batch_size"])
+    pretrain_steps = pretrain["epochs"] * StepSampler.steps(pretrain_frames, pretrain["batch_size"])
+    return epochs_for(settings["epochs"], run.label_fraction) + math.ceil(pretrain_steps / epoch_steps)
 
 
 def load_pretrained(backbone: SparseBackbone, run: FinetuneRun, min_fraction: float) -> dict | None:
@@ -65,15 +83,22 @@ def finetune(params: dict, run: FinetuneRun) -> dict:
     load_report = load_pretrained(backbone, run, params["finetune"]["min_loaded_fraction"])
     needs = check_needs(task.needs, f"task {run.task}")
 
-    frames = RunFrames.read(run.finetune_dataset, "labels", run.label_fraction)
+    frames = RunFrames.read(run.finetune_dataset, "labels", run.label_fraction, run.label_split_seed)
     index, split_file, train_ids, val_ids = frames.index, frames.split_file, frames.train_ids, frames.val_ids
     dataset = frames.training_set(params, run.seed)
-    config = TrainConfig.from_settings(settings, run.seed, epochs_for(settings["epochs"], run.label_fraction))
+    epochs, matched_split = epochs_for(settings["epochs"], run.label_fraction), None
+    if run.compute_matched is not None:
+        pretrain_file = run.compute_matched.split
+        matched_split = {"file": str(pretrain_file), "sha256": sha256_file(pretrain_file),
+                         "frames": len(read_split(pretrain_file))}
+        epochs = compute_matched_epochs(params, run, len(train_ids), matched_split["frames"])
+    config = TrainConfig.from_settings(settings, run.seed, epochs)
     params_digest = finetune_digest(params, run)
     # The resume key: every input the run reads, the files' contents included.
     split_sha256 = sha256_file(split_file)
     resume_key = digest({"params": params_digest, "split": split_sha256,
-                         "checkpoint": load_report and load_report["sha256"]})
+                         "checkpoint": load_report and load_report["sha256"],
+                         "matched_split": matched_split and matched_split["sha256"]})
 
     started = time.perf_counter()
     run.directory.mkdir(parents=True, exist_ok=True)
@@ -96,6 +121,7 @@ def finetune(params: dict, run: FinetuneRun) -> dict:
         "splits": {
             "labels": {"file": str(split_file), "sha256": split_sha256, "frames": len(train_ids)},
             "val": {"sha256": sha256_json(val_ids), "frames": len(val_ids)},
+            "matched_pretrain": matched_split,
         },
         "pretrained": load_report,
         "history": result.history,

@@ -8,6 +8,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from functools import partial
 from itertools import product
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,6 +16,9 @@ from typing import Any, Iterator
 from occbench.config import check_consistency
 
 SCRATCH = "scratch"  # the one method without a pre-training job
+# Scratch trained for the optimizer steps of a pre-training plus its fine-tuning
+# (grid.compute_matched_scratch): a source of its own, with no pre-training job either.
+COMPUTE_MATCHED = "scratch_matched"
 
 # Dataset kinds converted in an environment of their own (workflow/envs/<kind>.yml):
 # their official tools pin versions the rest of occbench cannot share.
@@ -26,9 +30,11 @@ RESULTS = Path("results")
 # The layout of results/, as Snakemake wildcard patterns; paths below fill them in.
 PATTERNS = {
     "index": "results/data/{dataset}/index.json",
-    "split": "results/data/{dataset}/splits/{subset}_{fraction}.txt",
+    "pretrain_split": "results/data/{dataset}/splits/pretrain_{fraction}.txt",
+    "label_split": "results/data/{dataset}/splits/labels_{fraction}_split_{split_seed}.txt",
     "checkpoint": "results/pretrain/{backbone}/{dataset}/{method}/pt_{fraction}/checkpoint.pt",
-    "metrics": "results/finetune/{task}/{dataset}/{backbone}/{source}/labels_{fraction}/seed_{seed}/metrics.json",
+    "metrics": "results/finetune/{task}/{dataset}/{backbone}/{source}/labels_{fraction}/split_{split_seed}/"
+               "seed_{seed}/metrics.json",
 }
 
 
@@ -45,9 +51,18 @@ def data_dir(dataset: str) -> Path:
     return index_path(dataset).parent
 
 
-def split_path(dataset: str, subset: str, fraction: float) -> Path:
-    """Index file of a nested subset of the train frames ('pretrain' or 'labels')."""
-    return Path(PATTERNS["split"].format(dataset=dataset, subset=subset, fraction=fraction_tag(fraction)))
+def split_path(dataset: str, subset: str, fraction: float, split_seed: int | None = None) -> Path:
+    """Index file of a nested subset of the train frames: 'pretrain' (seeded by splits.seed) or
+    'labels' (one nested set of label fractions per label-split seed, grid.label_split_seeds)."""
+    if (subset == "labels") != (split_seed is not None):
+        raise ValueError(f"a {subset!r} split {'needs a' if subset == 'labels' else 'takes no'} label-split seed "
+                         "(--split-seed; pre-training splits are seeded by splits.seed)")
+    if subset == "pretrain":
+        return Path(PATTERNS["pretrain_split"].format(dataset=dataset, fraction=fraction_tag(fraction)))
+    if subset == "labels":
+        return Path(PATTERNS["label_split"].format(dataset=dataset, fraction=fraction_tag(fraction),
+                                                   split_seed=split_seed))
+    raise ValueError(f"unknown subset {subset!r}; known: pretrain, labels")
 
 
 # Between a method and its teacher's name in the method's path component and tag:
@@ -125,27 +140,55 @@ def pretrain_run(params: dict[str, Any], backbone: str, dataset: str, method: st
 
 
 @dataclass(frozen=True)
+class MatchedPretraining:
+    """The pre-training whose optimizer steps a compute-matched scratch run adds to its fine-tuning:
+    that of `dataset` at `fraction`, the same for every method (they share pretrain.epochs and batch_size)."""
+
+    dataset: str
+    fraction: float
+
+    @property
+    def tag(self) -> str:
+        return f"{COMPUTE_MATCHED}-{self.dataset}-pt_{fraction_tag(self.fraction)}"
+
+    @property
+    def split(self) -> Path:
+        """The pre-training split whose frames count the pre-training's steps."""
+        return split_path(self.dataset, "pretrain", self.fraction)
+
+
+@dataclass(frozen=True)
 class FinetuneRun:
     task: str
     backbone: str
     finetune_dataset: str
     label_fraction: float
     seed: int
+    label_split_seed: int  # which nested set of label splits it fine-tunes on
     pretrained: PretrainRun | None  # None: scratch
+    compute_matched: MatchedPretraining | None = None  # scratch trained as long as this pre-training + fine-tuning
+
+    def __post_init__(self):
+        if self.pretrained is not None and self.compute_matched is not None:
+            raise ValueError("a compute-matched run is scratch: it has no pre-trained source")
 
     @property
     def method(self) -> str:
-        return self.pretrained.method if self.pretrained else SCRATCH
+        if self.pretrained:
+            return self.pretrained.variant  # picture+also: a method taught by another is its own row
+        return COMPUTE_MATCHED if self.compute_matched else SCRATCH
 
     @property
     def source(self) -> str:
-        return self.pretrained.tag if self.pretrained else SCRATCH
+        if self.pretrained:
+            return self.pretrained.tag
+        return self.compute_matched.tag if self.compute_matched else SCRATCH
 
     @property
     def metrics(self) -> Path:
         return Path(PATTERNS["metrics"].format(
             task=self.task, dataset=self.finetune_dataset, backbone=self.backbone, source=self.source,
-            fraction=fraction_tag(self.label_fraction), seed=self.seed,
+            fraction=fraction_tag(self.label_fraction), split_seed=self.label_split_seed, seed=self.seed,
         ))
 
     @property
@@ -153,16 +196,19 @@ class FinetuneRun:
         return self.metrics.parent
 
     def coordinates(self) -> dict[str, Any]:
-        """The run's place in the grid, as recorded in run_meta.json and read by aggregation."""
+        """The run's place in the grid, as recorded in run_meta.json and read by aggregation; a
+        compute-matched run names the pre-training it is matched to as its pre-training."""
+        matched = self.pretrained or self.compute_matched
         return {
             "task": self.task,
             "backbone": self.backbone,
-            "method": self.pretrained.variant if self.pretrained else SCRATCH,
-            "pretrain_dataset": self.pretrained.dataset if self.pretrained else None,
-            "pretrain_fraction": self.pretrained.fraction if self.pretrained else None,
+            "method": self.method,
+            "pretrain_dataset": matched.dataset if matched else None,
+            "pretrain_fraction": matched.fraction if matched else None,
             "finetune_dataset": self.finetune_dataset,
             "label_fraction": self.label_fraction,
             "seed": self.seed,
+            "label_split_seed": self.label_split_seed,
         }
 
 
@@ -185,19 +231,32 @@ class Grid:
         self.finetune_runs: list[FinetuneRun] = list(dict.fromkeys(self._finetune_runs()))
         self._pretrain_by_tag = {(run.backbone, run.tag): run for run in self.pretrain_runs}
         self._pretrain_by_path = {run.checkpoint: run for run in self.pretrain_runs}
+        self._matched_by_tag = {run.compute_matched.tag: run.compute_matched
+                                for run in self.finetune_runs if run.compute_matched}
+
+    @staticmethod
+    def label_split_seeds(grid: dict[str, Any], label_fraction: float) -> list[int]:
+        """The label-split seeds a label fraction runs: all of grid.label_split_seeds, but only the
+        first at fraction 1, where every seed's split holds every frame (more runs would repeat it)."""
+        seeds = grid["label_split_seeds"]
+        return seeds if label_fraction < 1 else seeds[:1]
 
     def _finetune_runs(self) -> Iterator[FinetuneRun]:
         grid = self.params["grid"]
         for task, backbone, transfer, label_fraction, seed in product(
             grid["tasks"], grid["backbones"], grid["transfers"], grid["label_fractions"], grid["seeds"]
         ):
-            for method in grid["methods"]:
-                if method == SCRATCH:
-                    yield FinetuneRun(task, backbone, transfer["finetune"], label_fraction, seed, None)
-                    continue
-                for fraction in grid["pretrain_fractions"]:
-                    pretrained = pretrain_run(self.params, backbone, transfer["pretrain"], method, fraction)
-                    yield FinetuneRun(task, backbone, transfer["finetune"], label_fraction, seed, pretrained)
+            for split_seed in self.label_split_seeds(grid, label_fraction):
+                run = partial(FinetuneRun, task, backbone, transfer["finetune"], label_fraction, seed, split_seed)
+                for method in grid["methods"]:
+                    if method == SCRATCH:
+                        yield run(None)
+                        continue
+                    for fraction in grid["pretrain_fractions"]:
+                        yield run(pretrain_run(self.params, backbone, transfer["pretrain"], method, fraction))
+                if grid["compute_matched_scratch"]:  # check_consistency: the grid has a pre-training to match
+                    for fraction in grid["pretrain_fractions"]:
+                        yield run(None, MatchedPretraining(transfer["pretrain"], fraction))
 
     @property
     def datasets(self) -> list[str]:
@@ -205,10 +264,11 @@ class Grid:
         return list(dict.fromkeys(name for t in transfers for name in (t["pretrain"], t["finetune"])))
 
     @property
-    def splits(self) -> list[tuple[str, str, float]]:
-        """(dataset, subset, fraction) of every split file the grid's runs read."""
-        specs = dict.fromkeys((r.dataset, "pretrain", r.fraction) for r in self.pretrain_runs)
-        specs.update(dict.fromkeys((r.finetune_dataset, "labels", r.label_fraction) for r in self.finetune_runs))
+    def splits(self) -> list[tuple[str, str, float, int | None]]:
+        """(dataset, subset, fraction, label-split seed or None) of every split file the grid's runs read."""
+        specs = dict.fromkeys((r.dataset, "pretrain", r.fraction, None) for r in self.pretrain_runs)
+        specs.update(dict.fromkeys((r.finetune_dataset, "labels", r.label_fraction, r.label_split_seed)
+                                   for r in self.finetune_runs))
         return list(specs)
 
     def dataset_pattern(self, own_environment: bool) -> str:
@@ -236,8 +296,14 @@ class Grid:
             raise ValueError(f"{path}: no pre-training run of the grid writes this checkpoint") from None
 
     def finetune_run(self, task: str, backbone: str, finetune_dataset: str, source: str,
-                     label_fraction: float, seed: int) -> FinetuneRun:
-        return FinetuneRun(task, backbone, finetune_dataset, label_fraction, seed,
+                     label_fraction: float, seed: int, label_split_seed: int) -> FinetuneRun:
+        if source in self._matched_by_tag:
+            return FinetuneRun(task, backbone, finetune_dataset, label_fraction, seed, label_split_seed, None,
+                               self._matched_by_tag[source])
+        if source.startswith(f"{COMPUTE_MATCHED}-"):
+            raise ValueError(f"no compute-matched source {source!r} in the grid: grid.compute_matched_scratch is off "
+                             "or the grid has no such pre-training")
+        return FinetuneRun(task, backbone, finetune_dataset, label_fraction, seed, label_split_seed,
                            self.pretrain_run(backbone, source))
 
 
@@ -298,13 +364,16 @@ def dataset_inputs(params: dict[str, Any], dataset: str) -> dict[str, Any]:
     return {"dataset": dataset, "settings": params["datasets"][dataset]}
 
 
-def split_inputs(params: dict[str, Any], subset: str) -> dict[str, Any]:
-    """What writing a split of `subset` ('pretrain' or 'labels') reads: the seed and its sampling."""
+def split_inputs(params: dict[str, Any], subset: str, split_seed: int | None = None) -> dict[str, Any]:
+    """What writing a split of `subset` reads: its seed (splits.seed for 'pretrain', the file's own
+    label-split seed for 'labels') and its sampling."""
     splits = params["splits"]
-    return {"subset": subset, "seed": splits["seed"], "sampling": splits[SPLIT_SAMPLING[subset]]}
+    seed = splits["seed"] if subset == "pretrain" else split_seed
+    return {"subset": subset, "seed": seed, "sampling": splits[SPLIT_SAMPLING[subset]]}
 
 
-def training_inputs(params: dict[str, Any], backbone: str, dataset: str, subset: str) -> dict[str, Any]:
+def training_inputs(params: dict[str, Any], backbone: str, dataset: str, subset: str,
+                    split_seed: int | None = None) -> dict[str, Any]:
     """What every training run reads besides its own section: the voxel grid, its backbone, the
     augmentation, its dataset, how its split was drawn, and mixed precision."""
     return {
@@ -312,7 +381,7 @@ def training_inputs(params: dict[str, Any], backbone: str, dataset: str, subset:
         "backbone": params["backbones"][backbone],
         "augmentation": params["augmentation"],
         "dataset": params["datasets"][dataset],
-        "split": split_inputs(params, subset),
+        "split": split_inputs(params, subset, split_seed),
         "amp": params["execution"]["amp"],
     }
 
@@ -336,16 +405,26 @@ def pretrain_inputs(params: dict[str, Any], run: PretrainRun) -> dict[str, Any]:
 
 def finetune_inputs(params: dict[str, Any], run: FinetuneRun) -> dict[str, Any]:
     """Every params value a fine-tuning run reads, and nothing else; for a pre-trained
-    source, that run's digest (so its settings count) and the minimum loaded fraction."""
+    source, that run's digest (so its settings count) and the minimum loaded fraction;
+    for a compute-matched one, what fixes the pre-training's step count. The label-split
+    seed enters through the split alone, so a run on split 0 keeps the digest it had
+    before label-split seeds existed."""
     finetune = params["finetune"]
     source = None
     if run.pretrained is not None:
         source = {"pretrain_digest": pretrain_digest(params, run.pretrained),
                   "min_loaded_fraction": finetune["min_loaded_fraction"]}
+    if run.compute_matched is not None:
+        pretrain = params["pretrain"]
+        source = {"pretrain_epochs": pretrain["epochs"], "pretrain_batch_size": pretrain["batch_size"],
+                  "pretrain_dataset": params["datasets"][run.compute_matched.dataset],
+                  "pretrain_split": split_inputs(params, "pretrain")}
+    coordinates = run.coordinates()
+    del coordinates["label_split_seed"]
     return {
-        "run": run.coordinates(),
+        "run": coordinates,
         "task": finetune[run.task],
-        **training_inputs(params, run.backbone, run.finetune_dataset, "labels"),
+        **training_inputs(params, run.backbone, run.finetune_dataset, "labels", run.label_split_seed),
         "source": source,
     }
 
@@ -354,8 +433,8 @@ def dataset_digest(params: dict[str, Any], dataset: str) -> str:
     return digest(dataset_inputs(params, dataset))
 
 
-def split_digest(params: dict[str, Any], subset: str) -> str:
-    return digest(split_inputs(params, subset))
+def split_digest(params: dict[str, Any], subset: str, split_seed: int | None = None) -> str:
+    return digest(split_inputs(params, subset, split_seed))
 
 
 def pretrain_digest(params: dict[str, Any], run: PretrainRun) -> str:
