@@ -150,7 +150,8 @@ def test_a_label_split_seed_enters_the_digest_of_its_own_runs_only():
     for run in grid.finetune_runs:
         twins.setdefault((run.source, run.label_fraction, run.seed), {})[run.label_split_seed] = run
     pairs = [(by_split[0], by_split[1]) for by_split in twins.values() if len(by_split) == 2]
-    assert len(pairs) == 2 * 2  # sources x training seeds, at label fraction 0.5 (1 has one split)
+    sources = len(params["grid"]["methods"])  # scratch and one run per method (one pre-training fraction)
+    assert len(pairs) == sources * 2  # sources x training seeds, at label fraction 0.5 (1 has one split)
     for first, second in pairs:
         assert finetune_digest(params, first) != finetune_digest(params, second)
         inputs, own = finetune_inputs(params, second), finetune_inputs(params, first)

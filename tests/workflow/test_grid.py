@@ -12,6 +12,7 @@ def paper_like_params(label_split_seeds=(0,), compute_matched_scratch=False):
     params = smoke_params()
     params["grid"].update(
         backbones=["small", "base"],
+        methods=["scratch", "also"],
         pretrain_fractions=[0.01, 0.1, 1.0],
         label_fractions=[0.001, 0.01, 0.1, 0.5, 1.0],
         seeds=[0, 1, 2],
