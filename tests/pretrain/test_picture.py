@@ -208,7 +208,21 @@ def test_picture_pretrains_through_the_cli_from_alsos_checkpoint_and_fine_tunes(
     assert set(meta["pretext"]["final"]) == {"chamfer", "feature_cosine"}
     assert occbench(*extra, "finetune", "--task", "segmentation", "--backbone", "small", "--dataset", "synthetic",
                     "--source", "picture+also-synthetic-pt_1", "--label-fraction", "1", "--seed", "0") == 0
-    finetuned = json.loads(Path("results/finetune/segmentation/synthetic/small/picture+also-synthetic-pt_1/labels_1/"
-                                "seed_0/run_meta.json").read_text())
+    (finetuned_meta,) = Path("results/finetune/segmentation/synthetic/small/picture+also-synthetic-pt_1/labels_1"
+                             ).rglob("run_meta.json")
+    finetuned = json.loads(finetuned_meta.read_text())
     assert finetuned["run"]["method"] == "picture+also"
     assert finetuned["pretrained"]["loaded_fraction"] == 1.0
+
+
+def test_a_cloud_too_small_to_cluster_is_not_masked_and_costs_nothing(smoke, teacher_file):
+    from occbench.data.batch import collate, subsample
+    from occbench.data.converters.synthetic import SyntheticConverter
+
+    converter = SyntheticConverter(smoke["datasets"]["synthetic"])
+    frame = converter.load(converter.sources()[0])
+    batch = collate([("0", subsample(frame, 5, np.random.default_rng(0)))])  # 5 voxels at most, 8 clusters
+    model = picture_model(smoke, teacher_file)
+    loss, logs = model(batch, torch.Generator().manual_seed(0))
+    assert loss.item() == 0.0 and logs["mask_ratio"] == 0.0
+    loss.backward()  # a step on it is a no-op, not an error

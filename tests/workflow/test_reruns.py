@@ -66,7 +66,7 @@ def finished_grid(tmp_path_factory) -> Path:
     outputs = [index_path(name) for name in grid.datasets]
     outputs += [split_path(*spec) for spec in grid.splits]
     outputs += [run.checkpoint for run in grid.pretrain_runs] + [run.metrics for run in grid.finetune_runs]
-    outputs += [Path("reports") / name for name in ("metrics.json", "summary.csv", "runs.csv")]
+    outputs += [Path("reports") / name for name in ("metrics.json", "summary.csv", "runs.csv", "pretraining.csv")]
     for path in outputs:
         (project / path).parent.mkdir(parents=True, exist_ok=True)
         (project / path).write_text(f"stand-in for {path}\n")
@@ -96,7 +96,7 @@ def test_touch_recorded_each_jobs_digest_as_the_job_computes_it(project):
     key = base64.b64encode(str(run.checkpoint).encode()).decode()
     record = json.loads((project / ".snakemake" / "metadata" / key).read_text())
     assert record["rule"] == "pretrain"
-    assert record["params"] == [repr(pretrain_digest(params, run))]
+    assert record["params"] == [repr(pretrain_digest(params, run)), repr(run.method)]  # hparams, method
     assert "params.yaml" not in record["shellcmd"]
 
 
@@ -113,13 +113,19 @@ def test_execution_settings_rerun_nothing(project):
     assert planned(project, "--configfile", where) == {}
 
 
-def test_editing_one_methods_settings_reruns_that_method_and_its_finetunes_only(project):
+def test_editing_one_methods_settings_reruns_that_method_its_students_and_their_finetunes_only(project):
+    """ALSO's settings re-run ALSO and PICTURE, which ALSO teaches, and their fine-tunes; not scratch."""
     grid = grid_of(project)
     also = overlay(project, "also.yaml", {"pretrain": {"methods": {"also": {"hidden_dim": 32}}}})
     jobs = planned(project, "--configfile", also)
     assert set(jobs) == {"pretrain", "finetune", "aggregate", "report", "all"}
-    assert jobs["pretrain"] == {str(run.checkpoint) for run in grid.pretrain_runs if run.method == "also"}
-    assert jobs["finetune"] == {str(run.metrics) for run in grid.finetune_runs if run.method == "also"}
+    assert jobs["pretrain"] == {str(run.checkpoint) for run in grid.pretrain_runs}  # also and picture+also
+    assert {Path(path).parts[4] for path in jobs["pretrain"]} == {"also", "picture+also"}
+    assert jobs["finetune"] == {str(run.metrics) for run in grid.finetune_runs if run.pretrained}
+    picture = overlay(project, "picture.yaml", {"pretrain": {"methods": {"picture": {"hidden_dim": 32}}}})
+    jobs = planned(project, "--configfile", picture)
+    assert jobs["pretrain"] == {"results/pretrain/small/synthetic/picture+also/pt_1/checkpoint.pt"}
+    assert jobs["finetune"] == {str(run.metrics) for run in grid.finetune_runs if run.method == "picture+also"}
 
 
 def test_label_sampling_reruns_label_splits_and_finetunes_not_pretraining(project):

@@ -3,9 +3,11 @@
 
 rule aggregate:
     input:
-        [str(run.metrics) for run in GRID.finetune_runs],
+        metrics=[str(run.metrics) for run in GRID.finetune_runs],
+        checkpoints=[str(run.checkpoint) for run in GRID.pretrain_runs],  # their run_meta.json: pretext metrics
     output:
         metrics="reports/metrics.json",
+        pretraining="reports/pretraining.csv",
         curves=directory("reports/curves"),
         summary="reports/summary.csv",
         runs="reports/runs.csv",
@@ -22,6 +24,7 @@ rule aggregate:
 rule report:
     input:
         summary="reports/summary.csv",
+        pretraining="reports/pretraining.csv",
     output:
         tables=directory("reports/tables"),
         figures=directory("reports/figures"),

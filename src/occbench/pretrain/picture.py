@@ -63,7 +63,8 @@ from occbench.models.checkpoint import load_frozen_backbone
 from occbench.models.voxelize import VoxelBatch, VoxelGrid
 from occbench.pretrain.base import PretrainMethod, RunContext
 
-CONTEXT_STRIDES = (2, 4)  # encoder levels a masked voxel is decoded from
+CONTEXT_STRIDES = (2, 4)  # encoder levels (BackboneOutput.levels) a masked voxel is decoded from
+CELL = max(CONTEXT_STRIDES)  # a masked voxel's place is embedded within its cell of the coarsest one
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ class PICTURE(PretrainMethod):
         self.grid = backbone.grid
         self.teacher = load_frozen_backbone(context.teacher, backbone.grid)
         hidden, points = self.options.hidden_dim, self.options.points_per_voxel
-        self.place = nn.Embedding(4 ** 3, hidden)  # place of a voxel in its stride-4 cell
+        self.place = nn.Embedding(CELL ** 3, hidden)
         self.decoder = nn.Sequential(
             nn.Linear(sum(backbone.level_channels[s] for s in CONTEXT_STRIDES) + len(CONTEXT_STRIDES) + hidden,
                       hidden), nn.ReLU(inplace=True),
@@ -233,7 +234,8 @@ class PICTURE(PretrainMethod):
         return voxels.subset(~masked)
 
     def _predict(self, output: BackboneOutput, voxels: VoxelBatch, generator: torch.Generator):
-        """Decoder outputs for (a random subset of) the masked voxels, with their targets."""
+        """Rows (in the whole voxelization) of a random subset of the masked voxels, their predicted
+        points and teacher features, and whether any context level is active at each."""
         parent = voxels.parent
         masked = torch.ones(parent.indices.shape[0], dtype=torch.bool, device=parent.indices.device)
         masked[voxels.parent_rows] = False
@@ -251,7 +253,7 @@ class PICTURE(PretrainMethod):
             features, active = sparse_lookup(output.levels[stride], coarse)
             context.append(features)
             found.append(active)
-        place = ((indices[:, 1] % 4) * 4 + indices[:, 2] % 4) * 4 + indices[:, 3] % 4
+        place = ((indices[:, 1] % CELL) * CELL + indices[:, 2] % CELL) * CELL + indices[:, 3] % CELL
         flags = torch.stack(found, dim=1).to(context[0].dtype)
         hidden = self.decoder(torch.cat([*context, flags, self.place(place)], dim=1))
         predicted = self.to_points(hidden).view(len(rows), self.options.points_per_voxel, 3)
@@ -270,6 +272,10 @@ class PICTURE(PretrainMethod):
     def loss(self, output: BackboneOutput, batch: Batch, voxels: VoxelBatch,
              generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         chamfer_per_voxel, feature, teacher, has_context = self._terms(output, batch, voxels, generator)
+        if chamfer_per_voxel.numel() == 0:  # nothing masked (clouds with fewer voxels than clusters)
+            zero = sum(p.sum() for p in self.decoder.parameters()) * 0.0
+            return zero, {"chamfer": 0.0, "feature": 0.0, "mask_ratio": 0.0, "context_share": 0.0,
+                          "chamfer_weight": self.chamfer_weight}
         chamfer_loss = chamfer_per_voxel.mean()
         feature_loss = F.smooth_l1_loss(feature, teacher)
         a = self.chamfer_weight

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from occbench.io import write_json, write_text
 from occbench.report.aggregate import collect_runs, dvc_metrics, read_summary, summarise
 from occbench.report.curves import collect_curves
 from occbench.report.plots import plot_label_efficiency, plot_pretrain_scaling
+from occbench.report.pretraining import collect_pretraining, write_pretraining_table
 from occbench.report.tables import write_tables
 from occbench.tasks import TASKS
 from occbench.workflow.grid import Grid
@@ -28,6 +31,7 @@ def aggregate(grid: Grid, out_dir: Path) -> None:
     write_text(out_dir / "runs.csv", runs.to_csv(index=False))
     write_text(out_dir / "summary.csv", summary.to_csv(index=False))
     write_json(out_dir / "metrics.json", dvc_metrics(summary, MAIN_METRICS))
+    write_text(out_dir / "pretraining.csv", collect_pretraining(grid.pretrain_runs).to_csv(index=False))
     collect_curves(grid, out_dir)
 
 
@@ -37,3 +41,4 @@ def report(grid: Grid, out_dir: Path) -> None:
     write_tables(summary, MAIN_METRICS, out_dir / "tables", method_order=methods)
     plot_label_efficiency(summary, MAIN_METRICS, out_dir / "figures", method_order=methods)
     plot_pretrain_scaling(summary, MAIN_METRICS, out_dir / "figures", method_order=methods)
+    write_pretraining_table(pd.read_csv(out_dir / "pretraining.csv"), out_dir / "tables")

@@ -171,7 +171,7 @@ def _grid(table: pd.DataFrame, method_order: Sequence[str],
     return header, body
 
 
-def _markdown(caption: str, header: list[str], body: list[list[str]]) -> str:
+def markdown_table(caption: str, header: list[str], body: list[list[str]]) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(cell.replace("|", r"\|") for cell in cells) + " |"
 
@@ -179,7 +179,7 @@ def _markdown(caption: str, header: list[str], body: list[list[str]]) -> str:
     return "\n".join([caption, "", line(header), rule, *map(line, body)]) + "\n"
 
 
-def _latex(caption: str, label: str, header: list[str], body: list[list[str]]) -> str:
+def latex_table(caption: str, label: str, header: list[str], body: list[list[str]]) -> str:
     def line(cells: list[str]) -> str:
         return "    " + " & ".join(map(latex_escape, cells)) + r" \\"
 
@@ -241,8 +241,8 @@ def write_tables(
         header, body = _grid(table, method_order, labels)
         stem = f"{task}_{dataset}_{backbone}"
         contents = {
-            "md": _markdown(caption, header, body),
-            "tex": _latex(caption, stem, header, body),
+            "md": markdown_table(caption, header, body),
+            "tex": latex_table(caption, stem, header, body),
             "csv": _csv(table, method_order, labels),
         }
         for suffix, text in contents.items():
