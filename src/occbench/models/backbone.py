@@ -63,7 +63,7 @@ class SparseBackbone(nn.Module):
         c0, c1, c2 = channels
         self.grid = grid
         self.out_channels = c0
-        self.level_channels = {1: c0, 2: c1, 4: c2}  # channels of BackboneOutput.levels
+        self.level_channels = {1: c0, 2: c1, 4: c2}  # channels of BackboneOutput.levels, by stride
         self.bev_channels = bev_channels
         self.stem = _subm(IN_CHANNELS, c0, "subm0")
         self.down1 = spconv.SparseSequential(_down(c0, c1, "down1"), _subm(c1, c1, "subm1"))
