@@ -33,6 +33,10 @@ class RunContext:
 
 
 class PretrainMethod(nn.Module):
+    # The report's methods table (report/methods.py): every occbench method is a re-implementation;
+    # the paper it follows, and in one line what differs (the docstring says it in full).
+    paper: str
+    differs: str
     needs: frozenset[str] = frozenset()  # optional batch fields (occbench.data.batch.OPTIONAL_FIELDS)
     needs_bev: bool = False  # whether the loss reads the BEV map (the backbone then computes it)
 

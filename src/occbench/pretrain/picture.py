@@ -191,6 +191,10 @@ def voxel_point_targets(points: list[torch.Tensor], voxels: VoxelBatch, rows: to
 
 
 class PICTURE(PretrainMethod):
+    paper = "Xu et al., PICTURE / GPICTURE: beyond reconstruction in masked voxel modelling (RookieXwc/GPICTURE)"
+    differs = ("teacher: another method's backbone (e.g. ALSO), not Seal features; cluster spread = share of "
+               "members beyond the threshold; masked voxels decoded from the encoder's stride-2/4 levels; "
+               "at most loss_voxels_per_frame masked voxels in the loss")
     needs_bev = False
 
     def __init__(self, backbone: SparseBackbone, settings: dict, context: RunContext):

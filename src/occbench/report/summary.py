@@ -13,6 +13,7 @@ import pandas as pd
 from occbench.io import write_json, write_text
 from occbench.report.aggregate import collect_runs, dvc_metrics, read_summary, summarise
 from occbench.report.curves import collect_curves
+from occbench.report.methods import write_methods_table
 from occbench.report.plots import plot_label_efficiency, plot_pretrain_scaling
 from occbench.report.pretraining import collect_pretraining, write_pretraining_table
 from occbench.report.tables import write_tables
@@ -42,3 +43,4 @@ def report(grid: Grid, out_dir: Path) -> None:
     plot_label_efficiency(summary, MAIN_METRICS, out_dir / "figures", method_order=methods)
     plot_pretrain_scaling(summary, MAIN_METRICS, out_dir / "figures", method_order=methods)
     write_pretraining_table(pd.read_csv(out_dir / "pretraining.csv"), out_dir / "tables")
+    write_methods_table(grid.pretrain_runs, out_dir / "tables")
