@@ -227,7 +227,7 @@ def test_smoke_grid_pretrains_it_and_fine_tunes_from_its_encoder(tmp_path):
         assert occbench(*extra, "finetune", "--task", "segmentation", "--backbone", run.backbone,
                         "--dataset", run.dataset, "--source", run.tag, "--label-fraction", "1", "--seed", "0") == 0
         finetuned = json.loads(open(f"results/finetune/segmentation/{run.dataset}/{run.backbone}/{run.tag}"
-                                    "/labels_1/seed_0/run_meta.json").read())
+                                    "/labels_1/split_0/seed_0/run_meta.json").read())
     finally:
         os.chdir(cwd)
     assert finetuned["pretrained"]["loaded_fraction"] == 1.0

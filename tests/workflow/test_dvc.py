@@ -24,8 +24,11 @@ def _run(cwd: Path, *command: str) -> str:
 def test_repro_then_param_change_shows_changed_cells(project_copy):
     _run(project_copy, "dvc", "repro")
     tables = sorted(p.name for p in (project_copy / "reports" / "tables").iterdir())
-    assert tables == ["segmentation_synthetic_small.csv", "segmentation_synthetic_small.md",
+    assert tables == ["methods.md", "methods.tex", "pretraining.csv", "pretraining.md", "pretraining.tex",
+                      "segmentation_synthetic_small.csv", "segmentation_synthetic_small.md",
                       "segmentation_synthetic_small.tex"]
+    pretraining = (project_copy / "reports" / "tables" / "pretraining.md").read_text()
+    assert "| picture+also (synthetic, 100 %) | feature_cosine |" in pretraining
     assert (project_copy / "reports" / "figures" / "label_efficiency_segmentation_synthetic_small.png").exists()
     # dvc plots show renders the loss curve of the pre-training and of every fine-tuning run
     plots = json.loads(_run(project_copy, "dvc", "plots", "show", "--json"))["data"]
