@@ -1,13 +1,13 @@
 """Where a training step's time goes: data, forward, backward, for pre-training and fine-tuning.
 
 Converts params.yaml's default synthetic dataset into a temporary folder, then
-runs one epoch of `occbench pretrain` (the grid's first method) and one of
-`occbench finetune` (segmentation, scratch, 100 % labels) with each number of
-DataLoader workers, and prints the mean seconds per step of each phase and the
-peak memory, from the engine's own timing (run_meta.json step_seconds).
-Asserts nothing about speed.
+runs one epoch of `occbench pretrain` (``--method``, default the grid's first
+method) and one of `occbench finetune` (segmentation, scratch, 100 % labels)
+with each number of DataLoader workers, and prints the mean seconds per step
+of each phase, frames per second and the peak memory, from the engine's own
+timing (run_meta.json step_seconds). Asserts nothing about speed.
 
-    python benchmarks/train_step.py [--workers 0 2] [--params params.yaml] [--device auto]
+    python benchmarks/train_step.py [--workers 0 2] [--params params.yaml] [--device auto] [--method spot]
 """
 
 from __future__ import annotations
@@ -37,10 +37,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--method", help="pre-training method (default: the grid's first)")
     args = parser.parse_args()
     params = load_params(args.params)
     dataset = params["grid"]["transfers"][0]["pretrain"]
-    method = next(m for m in params["grid"]["methods"] if m != "scratch")
+    method = args.method or next(m for m in params["grid"]["methods"] if m != "scratch")
+    batch_sizes = {f"pretrain {method}": params["pretrain"]["batch_size"],
+                   "finetune segmentation": params["finetune"]["segmentation"]["batch_size"]}
     backbone = params["grid"]["backbones"][0]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,6 +55,7 @@ def main() -> None:
         for workers in args.workers:
             overlay = Path(tmp) / f"workers_{workers}.yaml"
             overlay.write_text(yaml.safe_dump({
+                "grid": {"methods": sorted({"scratch", method})},
                 "execution": {"loader_workers": workers, "device": args.device},
                 "pretrain": {"epochs": 1},
                 "finetune": {"segmentation": {"epochs": [{"up_to_label_fraction": 1.0, "epochs": 1}]}},
@@ -71,10 +75,11 @@ def main() -> None:
                 for path in sorted(run_dir.rglob("*"), reverse=True):
                     path.unlink() if path.is_file() else path.rmdir()
     print(f"\n{'job':<24}{'workers':>8}{'steps':>7}{'data s':>9}{'forward s':>11}{'backward s':>12}"
-          f"{'step s':>9}{'peak MiB':>10}  device")
+          f"{'step s':>9}{'frames/s':>10}{'peak MiB':>10}  device")
     for job, workers, seconds, steps, device in rows:
         print(f"{job:<24}{workers:>8}{steps:>7}{seconds['data']:>9.3f}{seconds['forward']:>11.3f}"
-              f"{seconds['backward']:>12.3f}{seconds['step']:>9.3f}{seconds['peak_memory_mb']:>10.0f}  {device}")
+              f"{seconds['backward']:>12.3f}{seconds['step']:>9.3f}{batch_sizes[job] / seconds['step']:>10.2f}"
+              f"{seconds['peak_memory_mb']:>10.0f}  {device}")
 
 
 if __name__ == "__main__":

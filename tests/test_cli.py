@@ -16,7 +16,7 @@ def test_bad_params_exit_2_naming_file_and_key(tmp_path, capsys):
     overlay.write_text("grid:\n  methods: [scratch, byol]\n")
     assert main([*SMOKE_ARGS, "--params", str(overlay), "validate"]) == 2
     err = capsys.readouterr().err
-    assert "bad.yaml" in err and "grid.methods[1]: 'byol' is not one of ['scratch', 'also']" in err
+    assert "bad.yaml" in err and "grid.methods[1]: 'byol' is not one of ['scratch', 'also'" in err
 
 
 def test_missing_dataset_index_is_named(tmp_path, monkeypatch, capsys):

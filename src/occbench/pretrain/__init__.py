@@ -7,7 +7,9 @@ It owns its heads; only the backbone's weights are kept after pre-training.
 """
 
 from occbench.pretrain.also import ALSO
+from occbench.pretrain.spot import SPOT
 
 METHODS = {
     "also": ALSO,
+    "spot": SPOT,
 }
