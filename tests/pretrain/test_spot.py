@@ -19,14 +19,13 @@ from occbench.data.batch import Batch, collate
 from occbench.data.beams import BeamResampler
 from occbench.data.converters.synthetic import SyntheticConverter
 from occbench.data.dataset import FrameIndex, write_index
-from occbench.data.loader import LoaderOptions, RunFrames, epoch_order
+from occbench.data.loader import LoaderOptions, RunFrames, StepSampler, epoch_order
 from occbench.data.sampling import class_balanced_order, frame_class_sets
 from occbench.data.taxonomy import CLASS_ID, EMPTY_INDEX, IGNORE_INDEX, NUM_CLASSES
 from occbench.models.backbone import BackboneOutput, SparseBackbone
 from occbench.models.voxelize import VoxelGrid
 from occbench.pretrain.base import PretrainModel
 from occbench.pretrain.spot import OCCUPANCY_CLASSES, SPOT, BevLayout, class_weights, lovasz_softmax
-from occbench.training.loop import StepSampler
 from smoke import ROOT, SMOKE_ARGS, make_dataset, occbench, smoke_params
 
 SETTINGS = load_params(ROOT / "params.yaml")["pretrain"]["methods"]["spot"]
