@@ -55,6 +55,7 @@ def main() -> None:
         for workers in args.workers:
             overlay = Path(tmp) / f"workers_{workers}.yaml"
             overlay.write_text(yaml.safe_dump({
+                "grid": {"methods": sorted({"scratch", method})},
                 "execution": {"loader_workers": workers, "device": args.device},
                 "pretrain": {"epochs": 1},
                 "finetune": {"segmentation": {"epochs": [{"up_to_label_fraction": 1.0, "epochs": 1}]}},

@@ -10,7 +10,7 @@ from smoke import SMOKE_ARGS
 def test_validate_counts_the_smoke_grid(capsys):
     assert main([*SMOKE_ARGS, "validate"]) == 0
     # 2 sources x 2 seeds x (2 label splits at 50 %, 1 at 100 %)
-    assert "3 pre-training and 24 fine-tuning runs" in capsys.readouterr().out
+    assert "4 pre-training and 30 fine-tuning runs" in capsys.readouterr().out
 
 
 def test_bad_params_exit_2_naming_file_and_key(tmp_path, capsys):

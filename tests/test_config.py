@@ -84,6 +84,7 @@ def test_schema_enums_name_exactly_the_registries():
     """Each name lives once, in its registry; the schema's enums must list exactly those names."""
     from occbench.config import load_schema
     from occbench.data.converters import CONVERTERS
+    from occbench.data.taxonomy import CLASSES
     from occbench.pretrain import METHODS
     from occbench.tasks import TASKS
     from occbench.training.optim import OPTIMIZERS, SCHEDULES
@@ -98,3 +99,5 @@ def test_schema_enums_name_exactly_the_registries():
     assert set(defs["optimizer"]["properties"]["name"]["enum"]) == set(OPTIMIZERS)
     assert set(defs["schedule"]["properties"]["name"]["enum"]) == set(SCHEDULES)
     assert set(properties["pretrain"]["properties"]["methods"]["properties"]) == set(METHODS)
+    spot = properties["pretrain"]["properties"]["methods"]["properties"]["spot"]["properties"]
+    assert spot["foreground_classes"]["items"]["enum"] == list(CLASSES)

@@ -36,8 +36,9 @@ def test_repro_then_param_change_shows_changed_cells(project_copy):
     assert "pretrain-small-synthetic-also-pt_1.tsv" in step_curves
     assert "finetune-segmentation-synthetic-small-scratch-labels_0.5-split_1-seed_0.tsv" in step_curves
     assert "pretrain-small-synthetic-picture+also-pt_1.tsv" in step_curves
-    # 3 pre-trainings (ALSO, Occupancy-MAE, PICTURE); 4 sources x 2 seeds x (2 label splits at 50 %, 1 at 100 %)
-    assert len(step_curves) == 3 + 4 * 2 * (2 + 1)
+    # 4 pre-trainings (ALSO, Occupancy-MAE, PICTURE, SPOT); 5 sources x 2 seeds x (2 label splits at 50 %,
+    # 1 at 100 %)
+    assert len(step_curves) == 4 + 5 * 2 * (2 + 1)
     rendered = plots["reports/curves/epochs/pretrain-small-synthetic-also-pt_1.tsv"][0]["content"]
     assert rendered["encoding"]["x"]["field"] == "epoch" and rendered["data"]["values"][0]["loss"]
     _run(project_copy, "git", "add", "-A")
@@ -58,7 +59,7 @@ def test_repro_then_param_change_shows_changed_cells(project_copy):
     prefix = "segmentation.synthetic.small"
     assert cells == {f"{prefix}.{row}.{labels}"
                      for row in ("scratch", "also@synthetic_pt_100pct", "occupancy_mae@synthetic_pt_100pct",
-                                 "picture+also@synthetic_pt_100pct")
+                                 "picture+also@synthetic_pt_100pct", "spot@synthetic_pt_100pct")
                      for labels in ("labels_50pct", "labels_100pct")}
     # the pre-training did not depend on the fine-tuning lr: Snakemake kept its checkpoint
     log = (project_copy / ".snakemake" / "log")

@@ -22,6 +22,7 @@ from occbench.data.augment import GlobalAugmentation
 from occbench.data.batch import collate, subsample
 from occbench.data.dataset import FrameIndex
 from occbench.data.frame import Frame
+from occbench.data.sampling import class_balanced_order, frame_class_sets
 from occbench.data.splits import read_split
 from occbench.preemption import PREEMPT_SIGNALS
 from occbench.workflow.grid import index_path, split_path
@@ -35,32 +36,52 @@ def epoch_order(items: Sequence[str], seed: int, epoch: int) -> list[str]:
     return [items[i] for i in order]
 
 
+@dataclass(frozen=True)
+class LoaderOptions:
+    """What a training run may add to the loader: transforms after the augmentation (e.g. beam
+    re-sampling) and class-balanced epochs (``occbench.data.sampling``). A pre-training method
+    declares its own (``PretrainMethod.loader_options``); the loader knows no method."""
+
+    transforms: tuple[FrameTransform, ...] = ()
+    class_balanced: bool = False
+
+
 class FrameDataset(Dataset):
     """The frames of one split. Items are keyed (epoch, position) so that a key fixes the sample.
 
-    Training (``shuffle``): position p of epoch e is frame ``epoch_order(ids, seed, e)[p]``,
-    augmented, passed through ``transforms`` (e.g. beam re-sampling) and subsampled to
-    ``max_points`` with a generator seeded by (seed, e, p). Evaluation: frames in their
-    order, untouched.
+    Training (``shuffle``): position p of epoch e is frame ``order(e)[p]`` (``epoch_order``
+    of the ids, or with ``class_balanced`` the ids repeated by their class-balanced factors,
+    whose number changes from epoch to epoch), augmented, passed through ``transforms``
+    (e.g. beam re-sampling) and subsampled to ``max_points`` with a generator seeded by
+    (seed, e, p). Evaluation: frames in their order, untouched.
     """
 
     def __init__(self, index: FrameIndex, frame_ids: Sequence[str], seed: int, *, shuffle: bool,
                  augmentation: GlobalAugmentation | None = None, max_points: int | None = None,
-                 transforms: Sequence[FrameTransform] = ()):
+                 transforms: Sequence[FrameTransform] = (), class_balanced: bool = False):
         if not frame_ids:
             raise ValueError(f"{index.path}: no frames to load")
+        if class_balanced and not shuffle:
+            raise ValueError(f"{index.path}: class-balanced sampling is for training (shuffle) only")
         self.index, self.frame_ids, self.seed, self.shuffle = index, list(frame_ids), seed, shuffle
         self.augmentation, self.max_points, self.transforms = augmentation, max_points, tuple(transforms)
+        self.frame_classes = frame_class_sets(index) if class_balanced else None
         self._orders: dict[int, list[str]] = {}
 
     def __len__(self) -> int:
         return len(self.frame_ids)
 
+    def epoch_length(self, epoch: int) -> int:
+        """Samples in epoch ``epoch``: the number of frames, unless class-balanced."""
+        return len(self.order(epoch))
+
     def order(self, epoch: int) -> list[str]:
         if not self.shuffle:
             return self.frame_ids
         if epoch not in self._orders:
-            self._orders = {epoch: epoch_order(self.frame_ids, self.seed, epoch)}
+            order = epoch_order(self.frame_ids, self.seed, epoch) if self.frame_classes is None else \
+                class_balanced_order(self.frame_ids, self.frame_classes, self.seed, epoch)
+            self._orders = {epoch: order}
         return self._orders[epoch]
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[str, Frame]:
@@ -141,11 +162,13 @@ class RunFrames:
             raise ValueError(f"{index.path}: the dataset has no 'val' frames to evaluate on")
         return cls(index, split_file, read_split(split_file, set(index.frames)), val_ids)
 
-    def training_set(self, params: dict, seed: int) -> FrameDataset:
-        """The split's frames under params.yaml's augmentation, subsampled to voxelization.max_points."""
+    def training_set(self, params: dict, seed: int, options: LoaderOptions = LoaderOptions()) -> FrameDataset:
+        """The split's frames under params.yaml's augmentation and the run's ``options``,
+        subsampled to voxelization.max_points."""
         return FrameDataset(self.index, self.train_ids, seed, shuffle=True,
                             augmentation=GlobalAugmentation.from_dict(params["augmentation"]),
-                            max_points=params["voxelization"]["max_points"])
+                            max_points=params["voxelization"]["max_points"],
+                            transforms=options.transforms, class_balanced=options.class_balanced)
 
 
 def evaluation_loader(index: FrameIndex, frame_ids: Sequence[str], batch_size: int, needs: frozenset[str],

@@ -18,6 +18,7 @@ from torch import nn
 
 from occbench.data.batch import Batch
 from occbench.data.dataset import FrameIndex
+from occbench.data.loader import LoaderOptions
 from occbench.models.backbone import BackboneOutput, SparseBackbone
 from occbench.models.voxelize import VoxelBatch, voxelize
 
@@ -43,6 +44,11 @@ class PretrainMethod(nn.Module):
     def __init__(self, backbone: SparseBackbone, settings: dict, context: RunContext):
         super().__init__()
         self.settings, self.context = settings, context
+
+    def loader_options(self) -> LoaderOptions:
+        """What the training loader adds for this method (frame transforms, class-balanced epochs):
+        nothing, unless the method asks."""
+        return LoaderOptions()
 
     def backbone_input(self, voxels: VoxelBatch, batch: Batch, generator: torch.Generator) -> VoxelBatch:
         """What the backbone sees: all voxels, unless the method masks some."""

@@ -69,7 +69,7 @@ def pretrain(params: dict, run: PretrainRun) -> None:
     method = METHODS[run.method](backbone, settings["methods"][run.method], context)
     needs = check_needs(method.needs, f"method {run.method}")
     model = PretrainModel(backbone, method)
-    dataset = frames.training_set(params, settings["seed"])
+    dataset = frames.training_set(params, settings["seed"], method.loader_options())
     config = TrainConfig.from_settings(settings, settings["seed"], settings["epochs"])
     params_digest = pretrain_digest(params, run)
     split_sha256 = sha256_file(split_file)

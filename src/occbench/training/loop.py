@@ -138,11 +138,15 @@ def fit(model: nn.Module, dataset: FrameDataset, needs: frozenset[str], config: 
     model.to(device)
     trainable = DistributedDataParallel(model, find_unused_parameters=True) if ddp.enabled else model
     amp = bool(execution["amp"]) and device.type == "cuda"
-    steps_per_epoch = StepSampler.steps(len(dataset), config.batch_size, ddp.world_size)
-    if steps_per_epoch == 0:
-        raise ValueError(f"{run_dir}: {len(dataset)} frames give no step of batch {config.batch_size} "
-                         f"on {ddp.world_size} ranks")
-    total_steps = config.epochs * steps_per_epoch
+    # Epochs may differ in length (class-balanced sampling repeats frames anew each epoch).
+    epoch_steps = [StepSampler.steps(dataset.epoch_length(e), config.batch_size, ddp.world_size)
+                   for e in range(config.epochs)]
+    if min(epoch_steps) == 0:
+        epoch = epoch_steps.index(0)
+        raise ValueError(f"{run_dir}: epoch {epoch}'s {dataset.epoch_length(epoch)} frames give no step of batch "
+                         f"{config.batch_size} on {ddp.world_size} ranks")
+    first_step = np.cumsum([0, *epoch_steps]).tolist()  # global step at which each epoch starts
+    total_steps = first_step[-1]
     optimizer = build_optimizer(model.parameter_groups(), config.optimizer)
     scheduler = build_schedule(optimizer, config.schedule, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
@@ -167,7 +171,7 @@ def fit(model: nn.Module, dataset: FrameDataset, needs: frozenset[str], config: 
             print(f"occbench: ignoring {state_path}: written for other inputs (digest {state['digest']}, "
                   f"this run {digest})", file=sys.stderr)
     if ddp.is_main:
-        steps_curve.truncate(progress_state["epoch"] * steps_per_epoch + progress_state["step"])
+        steps_curve.truncate(first_step[progress_state["epoch"]] + progress_state["step"])
         epochs_curve.truncate(progress_state["epoch"])
 
     def save_state() -> None:
@@ -187,7 +191,9 @@ def fit(model: nn.Module, dataset: FrameDataset, needs: frozenset[str], config: 
             if hasattr(model, "set_progress"):  # an objective that changes over epochs (pretrain/base.py)
                 model.set_progress(epoch, config.epochs)
             start = progress_state["step"]
-            sampler = StepSampler(len(dataset), config.batch_size, epoch, start, ddp.rank, ddp.world_size)
+            steps_per_epoch = epoch_steps[epoch]
+            sampler = StepSampler(dataset.epoch_length(epoch), config.batch_size, epoch, start, ddp.rank,
+                                  ddp.world_size)
             loader = frame_loader(dataset, sampler, needs, execution["loader_workers"], device.type == "cuda")
             bar = progress(loader, total=steps_per_epoch, initial=start, disable=not ddp.is_main,
                            desc=f"{desc} epoch {epoch + 1}/{config.epochs}")
@@ -227,7 +233,7 @@ def fit(model: nn.Module, dataset: FrameDataset, needs: frozenset[str], config: 
                 for key, value in zip(keys, reduced):
                     sums[key] = sums.get(key, 0.0) + value
                 progress_state["step"] = step + 1
-                global_step = epoch * steps_per_epoch + step
+                global_step = first_step[epoch] + step
                 if ddp.is_main:
                     steps_curve.append({"step": global_step, "epoch": epoch, **dict(zip(keys, reduced)), "lr": lr,
                                         "data_s": data_seconds, "forward_s": forward_seconds,
