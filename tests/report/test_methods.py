@@ -9,9 +9,9 @@ from occbench.report.methods import write_methods_table
 from occbench.workflow.grid import PinnedTeacher, PretrainRun
 
 
-def test_every_method_states_its_paper_and_what_differs():
+def test_every_method_states_its_paper_what_differs_and_its_headline_metrics():
     for name, method in METHODS.items():
-        assert method.paper.strip() and method.differs.strip(), name
+        assert method.paper.strip() and method.differs.strip() and method.headline_metrics, name
 
 
 def test_one_row_per_variant_with_its_teacher(tmp_path):

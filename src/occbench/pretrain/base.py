@@ -38,6 +38,8 @@ class PretrainMethod(nn.Module):
     # the paper it follows, and in one line what differs (the docstring says it in full).
     paper: str
     differs: str
+    # The pretext metrics the report's pre-training table shows (reports/pretraining.csv keeps them all).
+    headline_metrics: tuple[str, ...]
     needs: frozenset[str] = frozenset()  # optional batch fields (occbench.data.batch.OPTIONAL_FIELDS)
     needs_bev: bool = False  # whether the loss reads the BEV map (the backbone then computes it)
 

@@ -195,6 +195,7 @@ class PICTURE(PretrainMethod):
     differs = ("teacher: another method's backbone (e.g. ALSO), not Seal features; cluster spread = share of "
                "members beyond the threshold; masked voxels decoded from the encoder's stride-2/4 levels; "
                "at most loss_voxels_per_frame masked voxels in the loss")
+    headline_metrics = ("chamfer", "feature_cosine")
     needs_bev = False
 
     def __init__(self, backbone: SparseBackbone, settings: dict, context: RunContext):

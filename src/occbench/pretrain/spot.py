@@ -163,6 +163,7 @@ class SPOT(PretrainMethod):
     differs = ("head layout ours (3x3 conv, 1x1 conv, pixel shuffle); bicycle and motorcycle are the taxonomy's "
                "cyclist; Lovasz-softmax on lovasz_voxels random labelled voxels a step; targets: the dataset's "
                "occupancy grid")
+    headline_metrics = ("miou", "geometric_iou", "geometric_iou_unweighted")
     needs = frozenset({"occupancy"})
     needs_bev = True
 

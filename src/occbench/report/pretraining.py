@@ -16,9 +16,10 @@ from typing import Iterable
 import pandas as pd
 
 from occbench.io import read_json, write_text
+from occbench.pretrain import METHODS
 from occbench.report.aggregate import format_percent
 from occbench.report.tables import latex_table, markdown_table
-from occbench.workflow.grid import PretrainRun
+from occbench.workflow.grid import TEACHER_SEPARATOR, PretrainRun
 
 COLUMNS = ("method", "backbone", "dataset", "pretrain_fraction", "teacher", "frames", "val_frames", "steps",
            "wall_seconds", "peak_memory_mb", "metric", "init", "final")
@@ -46,7 +47,15 @@ def collect_pretraining(runs: Iterable[PretrainRun]) -> pd.DataFrame:
 
 
 def write_pretraining_table(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
-    """pretraining.{md,tex,csv}: each run's pretext metrics at init and after, with its cost."""
+    """pretraining.{md,tex}: each run's headline pretext metrics (``PretrainMethod.headline_metrics``) at
+    init and after, with its cost; pretraining.csv: every metric."""
+    method = table["method"].str.split(TEACHER_SEPARATOR).str[0]
+    headline = [row.metric in METHODS[name].headline_metrics for name, row in zip(method, table.itertuples())]
+    for variant, name in dict(zip(table["method"], method)).items():
+        missing = set(METHODS[name].headline_metrics) - set(table.loc[table["method"] == variant, "metric"])
+        if missing:
+            raise ValueError(f"pre-training {variant}: headline metric(s) {sorted(missing)} not among its pretext "
+                             f"metrics (PretrainMethod.headline_metrics of {name})")
     caption = (
         "Pretext metrics of each pre-training run on its dataset's held-out frames, before (init) and after "
         "pre-training: the method's own objective, not a downstream result (accuracy, IoU and cosine: higher is "
@@ -57,7 +66,7 @@ def write_pretraining_table(table: pd.DataFrame, out_dir: str | Path) -> list[Pa
         [f"{record['method']} ({record['dataset']}, {format_percent(record['pretrain_fraction'])} %)",
          record["metric"], f"{record['init']:.3f}", f"{record['final']:.3f}", str(record["frames"]),
          str(record["steps"]), f"{record['wall_seconds']:.0f}", f"{record['peak_memory_mb']:.0f}"]
-        for record in table.to_dict("records")
+        for record in table[headline].to_dict("records")
     ]
     contents = {
         "md": markdown_table(caption, header, body),
