@@ -22,7 +22,7 @@ import yaml
 
 from occbench.cli import main as occbench
 from occbench.config import load_params
-from occbench.workflow.grid import FinetuneRun, fraction_tag, pretrain_run
+from occbench.workflow.grid import FinetuneRun, PretrainRun, fraction_tag, pretrain_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,6 +62,10 @@ def main() -> None:
             }))
             files = [*base, overlay]
             pretrain = pretrain_run(params, backbone, dataset, method, 1.0)
+            teacher = pretrain.teacher
+            if isinstance(teacher, PretrainRun) and not teacher.checkpoint.exists():  # untimed: PICTURE's ALSO
+                _verb(files, "pretrain", "--backbone", backbone, "--dataset", dataset, "--method", teacher.method,
+                      "--fraction", fraction_tag(teacher.fraction))
             _verb(files, "pretrain", "--backbone", backbone, "--dataset", dataset, "--method", method,
                   "--fraction", "1")
             finetune = FinetuneRun("segmentation", backbone, dataset, 1.0, 0, 0, None)
