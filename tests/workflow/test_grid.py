@@ -195,3 +195,12 @@ def test_snakemake_runs_a_teacher_before_its_student(tmp_path):
     assert [job["output"] for job in fields] == [
         teacher, "results/pretrain/small/synthetic/picture+also/pt_1/checkpoint.pt"]
     assert teacher in fields[1]["input"].split(", ")
+
+
+def test_a_fraction_read_back_from_its_path_samples_as_the_fraction():
+    """A rule passes the fraction to its job as the path's text: 1/6 must come back as 1/6."""
+    from occbench.data.splits import sampling_stride, subset_size
+
+    assert [fraction_tag(f) for f in (1.0, 0.1, 0.01, 0.5)] == ["1", "0.1", "0.01", "0.5"]
+    back = float(fraction_tag(1 / 6))
+    assert sampling_stride(back) == 6 and subset_size(back, 18) == 3

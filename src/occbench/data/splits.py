@@ -33,8 +33,10 @@ SAMPLINGS = ("frames", "interval", "scenes")
 
 
 def subset_size(fraction: float, total: int) -> int:
-    """Frames kept by a fraction: at least one, so tiny fractions still run."""
-    return max(1, math.ceil(round(fraction * total, 9)))
+    """Frames kept by a fraction: at least one, so tiny fractions still run. Rounded to 4 decimals
+    before the ceiling: a fraction read back from a path (ten significant digits, 1/6 ->
+    0.1666666667) keeps 3 of 18 frames, not 4."""
+    return max(1, math.ceil(round(fraction * total, 4)))
 
 
 def sampling_stride(fraction: float) -> int:

@@ -39,8 +39,11 @@ PATTERNS = {
 
 
 def fraction_tag(fraction: float) -> str:
-    """Canonical text of a fraction in paths: 1.0 -> '1', 0.1 -> '0.1'."""
-    return f"{fraction:g}"
+    """Canonical text of a fraction in paths: 1.0 -> '1', 0.1 -> '0.1', 1/6 -> '0.1666666667'.
+
+    Ten significant digits: a job reads its fraction back from this text, and 1/k must
+    still read as 1/k (six digits, '0.166667', is 1/6 to only 2e-6)."""
+    return f"{fraction:.10g}"
 
 
 def index_path(dataset: str) -> Path:
