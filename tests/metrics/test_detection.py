@@ -1,0 +1,221 @@
+"""Detection metrics equal nuscenes-devkit's DetectionEval on random boxes, and hand cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from occbench.metrics import detection
+from occbench.metrics.detection import (
+    NUSCENES_CLASS_RANGE,
+    TP_METRICS,
+    DetectionBoxes,
+    DetectionSettings,
+    evaluate_detection,
+)
+from occbench.metrics.nuscenes_devkit import devkit_metrics
+
+CLASSES = list(NUSCENES_CLASS_RANGE)
+ATTRIBUTES = {
+    "pedestrian": ["pedestrian.moving", "pedestrian.sitting_lying_down", "pedestrian.standing"],
+    "bicycle": ["cycle.with_rider", "cycle.without_rider"],
+    "motorcycle": ["cycle.with_rider", "cycle.without_rider"],
+    "traffic_cone": [""], "barrier": [""],
+}
+VEHICLE_ATTRIBUTES = ["vehicle.moving", "vehicle.parked", "vehicle.stopped"]
+
+
+def random_ground_truth(rng: np.random.Generator, count: int, nan_velocity: bool = True,
+                        spread: float = 55.0) -> dict:
+    labels = rng.choice(CLASSES, count)
+    attributes = [rng.choice(ATTRIBUTES.get(name, VEHICLE_ATTRIBUTES)) for name in labels]
+    attributes = np.where(rng.random(count) < 0.05, "", attributes)  # some annotations lack one
+    velocity = rng.normal(0, 3, (count, 2))
+    if nan_velocity:
+        velocity[rng.random(count) < 0.1] = np.nan
+    return dict(center=np.c_[rng.uniform(-spread, spread, (count, 2)), rng.normal(0, 1, count)],
+                size=rng.uniform(0.4, 5, (count, 3)), yaw=rng.uniform(-np.pi, np.pi, count),
+                velocity=velocity, labels=labels, attributes=attributes)
+
+
+def noisy_predictions(rng: np.random.Generator, gt: dict, false_positives: int) -> dict:
+    """Copies of 80 % of the ground truth with noise, plus random boxes; scores with ties."""
+    kept = np.flatnonzero(rng.random(len(gt["yaw"])) < 0.8)
+    fake = random_ground_truth(rng, false_positives)
+    fake["center"][:, :2] = rng.uniform(-50, 50, (false_positives, 2))
+    boxes = {key: np.concatenate([gt[key][kept], fake[key]]) for key in gt}
+    total = len(boxes["yaw"])
+    boxes["center"] = boxes["center"] + rng.normal(0, 0.8, (total, 3))
+    boxes["size"] = boxes["size"] * rng.uniform(0.7, 1.3, (total, 3))
+    boxes["yaw"] = boxes["yaw"] + rng.normal(0, 0.5, total)
+    boxes["velocity"] = np.nan_to_num(boxes["velocity"]) + rng.normal(0, 1, (total, 2))
+    swap = rng.random(total) < 0.3
+    boxes["attributes"] = np.where(swap, fake["attributes"][:1].repeat(total), boxes["attributes"])
+    boxes["labels"] = np.where(rng.random(total) < 0.05, rng.choice(CLASSES, total), boxes["labels"])
+    boxes["scores"] = np.round(rng.random(total), 2)  # rounded: ties in confidence
+    order = rng.permutation(total)
+    return {key: value[order] for key, value in boxes.items()}
+
+
+def random_scene(seed: int, frames: int = 6, boxes: int = 40, spread: float = 55.0):
+    """Frames of random boxes; even seeds give LiDAR point counts (some 0), odd seeds none.
+
+    A small spread crowds the boxes, so predictions compete for the same ground truth.
+    """
+    rng = np.random.default_rng(seed)
+    gt, pred, ego = [], [], rng.uniform(-3, 3, (frames, 2))
+    for _ in range(frames):
+        frame_gt = random_ground_truth(rng, boxes, spread=spread)
+        pred.append(DetectionBoxes(**noisy_predictions(rng, frame_gt, false_positives=boxes // 4)))
+        if seed % 2 == 0:
+            frame_gt["num_points"] = np.where(rng.random(boxes) < 0.1, 0, rng.integers(1, 100, boxes))
+        gt.append(DetectionBoxes(**frame_gt))
+    return gt, pred, ego
+
+
+def assert_close(ours: float, theirs: float, what: str) -> None:
+    if math.isnan(theirs):
+        assert math.isnan(ours), f"{what}: ours {ours}, devkit NaN"
+    else:
+        assert ours == pytest.approx(theirs, abs=1e-6), what
+
+
+def assert_equals_devkit(ours, theirs) -> None:
+    """Every AP and TP error, their means, mAP and NDS agree to 1e-6."""
+    for name in CLASSES:
+        for threshold in (0.5, 1.0, 2.0, 4.0):
+            assert_close(ours.label_aps[name][threshold], theirs.get_label_ap(name, threshold),
+                         f"AP {name} @ {threshold}")
+        for metric in TP_METRICS:
+            assert_close(ours.label_tp_errors[name][metric], theirs.get_label_tp(name, metric),
+                         f"{metric} {name}")
+    for metric in TP_METRICS:
+        assert_close(ours.tp_errors[metric], theirs.tp_errors[metric], f"mean {metric}")
+    assert_close(ours.mean_ap, theirs.mean_ap, "mAP")
+    assert_close(ours.nd_score, theirs.nd_score, "NDS")
+
+
+@pytest.mark.parametrize(("seed", "spread"), [(0, 55.0), (1, 55.0), (2, 8.0), (3, 8.0)])
+def test_equals_the_devkit_on_random_boxes(seed, spread):
+    gt, pred, ego = random_scene(seed, spread=spread)
+    ours = evaluate_detection(gt, pred, ego_xy=ego)
+    assert_equals_devkit(ours, devkit_metrics(gt, pred, ego))
+    assert 0.05 < ours.mean_ap < 0.95  # the scene is neither trivial nor hopeless
+
+
+def test_equals_the_devkit_with_bicycle_racks():
+    """Racks over half the cycles, turned at random: those cycles and predictions on them drop out."""
+    gt, pred, ego = random_scene(4, spread=20.0)
+    rng = np.random.default_rng(4)
+    racks = []
+    for frame in gt:
+        cycles = np.flatnonzero(np.isin(frame.labels, ["bicycle", "motorcycle"]))[::2]
+        racks.append(np.c_[frame.center[cycles] + rng.normal(0, 0.3, (len(cycles), 3)),
+                           np.tile([3.0, 1.5, 4.0], (len(cycles), 1)), rng.uniform(-np.pi, np.pi, len(cycles))])
+    ours = evaluate_detection(gt, pred, ego_xy=ego, bicycle_racks=racks)
+    assert_equals_devkit(ours, devkit_metrics(gt, pred, ego, bicycle_racks=racks))
+    without = evaluate_detection(gt, pred, ego_xy=ego)
+    assert ours.label_aps["bicycle"] != without.label_aps["bicycle"]
+    assert ours.label_aps["car"] == without.label_aps["car"]
+
+
+def test_equals_the_devkit_with_absent_classes_and_empty_frames():
+    """Classes without ground truth score AP 0 and errors 1; a frame may hold no box."""
+    rng = np.random.default_rng(7)
+    gt, pred = [], []
+    for count in (30, 0, 25):
+        frame = random_ground_truth(rng, count)
+        keep = np.isin(frame["labels"], ["car", "pedestrian", "barrier"])
+        frame = {key: value[keep] for key, value in frame.items()}
+        gt.append(DetectionBoxes(**frame))
+        pred.append(DetectionBoxes(**noisy_predictions(rng, frame, false_positives=5)))
+    ours = evaluate_detection(gt, pred)
+    assert ours.label_aps["bus"][2.0] == 0.0 and ours.label_tp_errors["bus"]["trans_err"] == 1.0
+    assert ours.to_dict()["class_tp_errors"]["barrier"]["vel_err"] is None  # excluded: null in JSON
+    assert_equals_devkit(ours, devkit_metrics(gt, pred))
+
+
+def test_chunked_candidate_pairs_give_the_same_numbers(monkeypatch):
+    gt, pred, ego = random_scene(2, spread=8.0)
+    whole = evaluate_detection(gt, pred, ego_xy=ego)
+    monkeypatch.setattr(detection, "_PAIR_BUDGET", 7)
+    chunked = evaluate_detection(gt, pred, ego_xy=ego)
+    assert chunked.label_aps == whole.label_aps and chunked.nd_score == whole.nd_score
+
+
+def test_a_perfect_prediction_scores_one_and_an_empty_one_zero():
+    rng = np.random.default_rng(3)
+    frames = []
+    for _ in range(3):
+        boxes = random_ground_truth(rng, 30, nan_velocity=False)
+        boxes["labels"][:10] = CLASSES  # every class present
+        boxes["center"][:, :2] = rng.uniform(-20, 20, (30, 2))  # all within range
+        frames.append(boxes)
+    gt = [DetectionBoxes(**boxes) for boxes in frames]
+    perfect = [DetectionBoxes(**boxes, scores=rng.random(30)) for boxes in frames]
+    empty = [DetectionBoxes(center=np.zeros((0, 3)), size=np.zeros((0, 3)), yaw=[], labels=[], scores=[])
+             for _ in frames]
+    best = evaluate_detection(gt, perfect)
+    assert best.mean_ap == pytest.approx(1.0, abs=1e-12)
+    assert best.nd_score == pytest.approx(1.0, abs=1e-12)
+    worst = evaluate_detection(gt, empty)
+    assert worst.mean_ap == 0.0 and worst.nd_score == 0.0
+
+
+def test_hand_computed_average_precision_and_translation_error():
+    """A false positive first, then two hits: precision is r below recall 0.5, 0.5 + (r-0.5)/3 above.
+
+    AP = sum over recall points 0.11..1 of (precision - 0.1) / (90 * 0.9) = 32.45 / 81.
+    ATE: the running mean error is 0.1 then 0.15, resampled by confidence 0.9 - 0.2 r, so
+    0.1 up to recall 0.5 and 0.05 + 0.1 r above: (4.0 + 6.275) / 90.
+    """
+    settings = DetectionSettings.from_mapping({"class_range": {"car": 50}})
+    gt = [DetectionBoxes(center=[[0, 0, 0], [10, 0, 0]], size=[[2, 4, 1.5]] * 2, yaw=[0, 0],
+                         labels=["car", "car"])]
+    pred = [DetectionBoxes(center=[[20, 0, 0], [0.1, 0, 0], [10, 0.2, 0]], size=[[2, 4, 1.5]] * 3,
+                           yaw=[0, 0, 0], labels=["car"] * 3, scores=[0.9, 0.8, 0.7])]
+    metrics = evaluate_detection(gt, pred, settings)
+    for threshold in (0.5, 1.0, 2.0, 4.0):
+        assert metrics.label_aps["car"][threshold] == pytest.approx(32.45 / 81, abs=1e-12)
+    errors = metrics.label_tp_errors["car"]
+    assert errors["trans_err"] == pytest.approx(10.275 / 90, abs=1e-12)
+    assert errors["scale_err"] == pytest.approx(0.0, abs=1e-12)
+    assert errors["attr_err"] == 1.0  # no ground truth attribute at all: the devkit's 1
+
+
+def test_a_hit_beyond_a_threshold_is_a_false_positive_there():
+    """0.7 m off: a miss at 0.5 m (AP 0) and a hit from 1 m on (AP 1)."""
+    settings = DetectionSettings.from_mapping({"class_range": {"car": 50}})
+    gt = [DetectionBoxes(center=[[5, 5, 0]], size=[[2, 4, 1.5]], yaw=[0], labels=[0])]
+    pred = [DetectionBoxes(center=[[5.7, 5, 0]], size=[[2, 4, 1.5]], yaw=[0], labels=[0], scores=[0.5])]
+    aps = evaluate_detection(gt, pred, settings).label_aps["car"]
+    assert aps == pytest.approx({0.5: 0.0, 1.0: 1.0, 2.0: 1.0, 4.0: 1.0}, abs=1e-12)
+
+
+def test_settings_from_params_keep_nuscenes_defaults_for_what_is_left_out():
+    settings = DetectionSettings.from_mapping({"class_range": {"car": 30, "barrier": 20}, "dist_ths": [1, 2]})
+    assert settings.class_names == ("car", "barrier")
+    assert settings.tp_exclusions == {"barrier": ("attr_err", "vel_err")}
+    assert settings.half_turn_classes == ("barrier",)
+    assert settings.min_recall == 0.1 and settings.dist_thresholds == (1, 2)
+    with pytest.raises(ValueError, match="unknown detection settings"):
+        DetectionSettings.from_mapping({"class_ranges": {"car": 30}})
+    with pytest.raises(ValueError, match="tp_threshold"):
+        DetectionSettings.from_mapping({"dist_ths": [0.5, 1.0]})
+
+
+def test_bad_input_gets_an_error_naming_the_problem():
+    box = dict(center=[[0, 0, 0]], size=[[1, 1, 1]], yaw=[0], scores=[0.5])
+    gt = [DetectionBoxes(**box, labels=["car"])]
+    with pytest.raises(ValueError, match=r"unknown classes \['cyclist'\]"):
+        evaluate_detection(gt, [DetectionBoxes(**box, labels=["cyclist"])])
+    with pytest.raises(ValueError, match="predictions frame 0: yaw has shape"):
+        evaluate_detection(gt, [DetectionBoxes(**{**box, "yaw": [0, 1]}, labels=["car"])])
+    with pytest.raises(ValueError, match="1 ground-truth frames but 2 prediction frames"):
+        evaluate_detection(gt, [DetectionBoxes(**box, labels=["car"])] * 2)
+    with pytest.raises(ValueError, match="predictions need scores"):
+        evaluate_detection(gt, [DetectionBoxes(**{**box, "scores": None}, labels=["car"])])
+    with pytest.raises(ValueError, match="sizes must be > 0"):
+        evaluate_detection(gt, [DetectionBoxes(**{**box, "size": [[1, 0, 1]]}, labels=["car"])])
