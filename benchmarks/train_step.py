@@ -2,12 +2,13 @@
 
 Converts params.yaml's default synthetic dataset into a temporary folder, then
 runs one epoch of `occbench pretrain` (the grid's first method, or --method)
-and one of `occbench finetune` (segmentation, scratch, 100 % labels) with each
+and one of `occbench finetune` (segmentation, or --task; scratch, 100 % labels) with each
 number of DataLoader workers, and prints the mean seconds per step of each
 phase, frames per second and the peak memory, from the engine's own timing
 (run_meta.json step_seconds). Asserts nothing about speed.
 
     python benchmarks/train_step.py [--workers 0 2] [--params params.yaml] [--device auto] [--method also]
+                                    [--task segmentation]
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--method", help="pre-training method (default: the grid's first)")
+    parser.add_argument("--task", default="segmentation", help="fine-tuning task")
     args = parser.parse_args()
     params = load_params(args.params)
     dataset = params["grid"]["transfers"][0]["pretrain"]
     method = args.method or next(m for m in params["grid"]["methods"] if m != "scratch")
     batch_sizes = {f"pretrain {method}": params["pretrain"]["batch_size"],
-                   "finetune segmentation": params["finetune"]["segmentation"]["batch_size"]}
+                   f"finetune {args.task}": params["finetune"][args.task]["batch_size"]}
     backbone = params["grid"]["backbones"][0]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,7 +60,7 @@ def main() -> None:
                 "grid": {"methods": sorted({"scratch", method})},
                 "execution": {"loader_workers": workers, "device": args.device},
                 "pretrain": {"epochs": 1},
-                "finetune": {"segmentation": {"epochs": [{"up_to_label_fraction": 1.0, "epochs": 1}]}},
+                "finetune": {args.task: {"epochs": [{"up_to_label_fraction": 1.0, "epochs": 1}]}},
             }))
             files = [*base, overlay]
             pretrain = pretrain_run(params, backbone, dataset, method, 1.0)
@@ -68,10 +70,10 @@ def main() -> None:
                       "--fraction", fraction_tag(teacher.fraction))
             _verb(files, "pretrain", "--backbone", backbone, "--dataset", dataset, "--method", method,
                   "--fraction", "1")
-            finetune = FinetuneRun("segmentation", backbone, dataset, 1.0, 0, 0, None)
-            _verb(files, "finetune", "--task", "segmentation", "--backbone", backbone, "--dataset", dataset,
+            finetune = FinetuneRun(args.task, backbone, dataset, 1.0, 0, 0, None)
+            _verb(files, "finetune", "--task", args.task, "--backbone", backbone, "--dataset", dataset,
                   "--source", "scratch", "--label-fraction", fraction_tag(1.0), "--seed", "0")
-            for job, run_dir in ((f"pretrain {method}", pretrain.directory), ("finetune segmentation",
+            for job, run_dir in ((f"pretrain {method}", pretrain.directory), (f"finetune {args.task}",
                                                                               finetune.directory)):
                 meta = json.loads((run_dir / "run_meta.json").read_text())
                 rows.append((job, workers, meta["step_seconds"], meta["steps"], meta["device"]))

@@ -1,4 +1,4 @@
-"""Fixtures for model tests: the smoke params and a small batch of synthetic frames."""
+"""Fixtures for model tests: the smoke params, a small batch of synthetic frames, hand-made head outputs."""
 
 from __future__ import annotations
 
@@ -29,3 +29,15 @@ def tiny_backbone_batch(smoke):
     torch.manual_seed(0)
     backbone = SparseBackbone.from_params(smoke, "small")
     return backbone, batch, voxelize(batch.points, batch.intensity, backbone.grid)
+
+
+def head_output_giving(columns, logits):
+    """The BEV-to-columns head output (1, channels, y, x) that ``columns.logits`` unfolds into ``logits``
+    (classes, X, Y, Z): logit (c, x, y, z) is channel ((c Z + z) k + y % k) k + x % k of cell (x // k, y // k)."""
+    import torch
+
+    k, depth = columns.k, columns.depth
+    c, x, y, z = torch.meshgrid(*(torch.arange(n) for n in logits.shape), indexing="ij")
+    output = torch.zeros(1, logits.shape[0] * depth * k * k, logits.shape[2] // k, logits.shape[1] // k)
+    output[0, ((c * depth + z) * k + y % k) * k + x % k, y // k, x // k] = logits
+    return output

@@ -13,11 +13,12 @@ from occbench.pretrain.base import PretrainModel
 from smoke import ROOT
 
 
-def two_default_frames() -> tuple[dict, Batch]:
-    """params.yaml and a batch of its synthetic world's first two frames."""
+def two_default_frames(needs: frozenset[str] = frozenset()) -> tuple[dict, Batch]:
+    """params.yaml and a batch of its synthetic world's first two frames, with the optional fields ``needs``."""
     params = load_params(ROOT / "params.yaml")
     converter = SyntheticConverter(params["datasets"]["synthetic"])
-    return params, collate([(str(i), converter.load(source)) for i, source in enumerate(converter.sources()[:2])])
+    frames = [(str(i), converter.load(source)) for i, source in enumerate(converter.sources()[:2])]
+    return params, collate(frames, needs)
 
 
 def default_model(params: dict, method: str) -> PretrainModel:

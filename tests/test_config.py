@@ -42,6 +42,11 @@ def test_shipped_params_are_valid():
         (lambda p: p["datasets"]["synthetic"]["sensor"].update(fov_up_deg=-40.0), "datasets.synthetic.sensor: sensor 'nuscenes32': needs beams >= 1, fov_down_deg <= fov_up_deg"),
         (lambda p: p["finetune"]["segmentation"].update(epochs=[{"up_to_label_fraction": 0.1, "epochs": 3}]),
          "finetune.segmentation.epochs: no entry covers the largest label fraction 1.0"),
+        (lambda p: (p["grid"].update(tasks=["segmentation", "occupancy"]),
+                    p["finetune"]["occupancy"].update(epochs=[{"up_to_label_fraction": 0.5, "epochs": 3}])),
+         "finetune.occupancy.epochs: no entry covers the largest label fraction 1.0"),
+        (lambda p: p["finetune"]["occupancy"].update(protocol="occ4d"),
+         "finetune.occupancy.protocol: 'occ4d' is not one of"),
     ],
 )
 def test_bad_grid_is_rejected_naming_the_key(params, edit, named):
@@ -85,6 +90,7 @@ def test_schema_enums_name_exactly_the_registries():
     from occbench.config import load_schema
     from occbench.data.converters import CONVERTERS
     from occbench.data.taxonomy import CLASSES
+    from occbench.metrics.occupancy import PROTOCOLS
     from occbench.pretrain import METHODS
     from occbench.tasks import TASKS
     from occbench.training.optim import OPTIMIZERS, SCHEDULES
@@ -99,5 +105,6 @@ def test_schema_enums_name_exactly_the_registries():
     assert set(defs["optimizer"]["properties"]["name"]["enum"]) == set(OPTIMIZERS)
     assert set(defs["schedule"]["properties"]["name"]["enum"]) == set(SCHEDULES)
     assert set(properties["pretrain"]["properties"]["methods"]["properties"]) == set(METHODS)
-    spot = properties["pretrain"]["properties"]["methods"]["properties"]["spot"]["properties"]
-    assert spot["foreground_classes"]["items"]["enum"] == list(CLASSES)
+    assert defs["foreground_classes"]["items"]["enum"] == list(CLASSES)
+    assert set(properties["finetune"]["properties"]["occupancy"]["properties"]["protocol"]["enum"]) == set(PROTOCOLS)
+    assert set(properties["finetune"]["required"]) - {"min_loaded_fraction"} == set(TASKS)

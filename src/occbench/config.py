@@ -94,12 +94,13 @@ def check_consistency(params: dict[str, Any], source: str = "params.yaml") -> No
     low, high = params["voxelization"]["point_cloud_range"][:3], params["voxelization"]["point_cloud_range"][3:]
     if any(lo >= hi for lo, hi in zip(low, high)):
         problems.append("voxelization.point_cloud_range: each minimum must be below its maximum")
-    schedule = params["finetune"]["segmentation"]["epochs"]
-    if max(entry["up_to_label_fraction"] for entry in schedule) < max(grid["label_fractions"]):
-        problems.append(
-            "finetune.segmentation.epochs: no entry covers the largest label fraction "
-            f"{max(grid['label_fractions'])}"
-        )
+    for task in grid["tasks"]:
+        schedule = params["finetune"][task]["epochs"]
+        if max(entry["up_to_label_fraction"] for entry in schedule) < max(grid["label_fractions"]):
+            problems.append(
+                f"finetune.{task}.epochs: no entry covers the largest label fraction "
+                f"{max(grid['label_fractions'])}"
+            )
     problems += _teacher_problems(params)
     if problems:
         raise ParamsError("invalid parameters\n  " + "\n  ".join(f"{source}: {p}" for p in problems))

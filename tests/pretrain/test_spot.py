@@ -1,8 +1,7 @@
-"""SPOT: class ids and weights, the grid alignment, Lovasz-softmax against brute force, loader options, learning."""
+"""SPOT: class ids and weights, the grid alignment, loader options, learning (its loss: tests/models/test_losses.py)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import re
@@ -11,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
 
 from occbench.config import load_params
@@ -23,9 +21,12 @@ from occbench.data.loader import LoaderOptions, RunFrames, StepSampler, epoch_or
 from occbench.data.sampling import class_balanced_order, frame_class_sets
 from occbench.data.taxonomy import CLASS_ID, EMPTY_INDEX, IGNORE_INDEX, NUM_CLASSES
 from occbench.models.backbone import BackboneOutput, SparseBackbone
+from occbench.models.losses import lovasz_softmax
+from occbench.models.occupancy_head import OCCUPANCY_CLASSES, BevLayout
 from occbench.models.voxelize import VoxelGrid
 from occbench.pretrain.base import PretrainModel
-from occbench.pretrain.spot import OCCUPANCY_CLASSES, SPOT, BevLayout, class_weights, lovasz_softmax
+from occbench.pretrain.spot import SPOT, class_weights
+from model_fixtures import head_output_giving
 from smoke import ROOT, SMOKE_ARGS, make_dataset, occbench, smoke_params
 
 SETTINGS = load_params(ROOT / "params.yaml")["pretrain"]["methods"]["spot"]
@@ -67,55 +68,12 @@ def test_cross_entropy_weights_voxels_by_class_and_skips_ignored_ones():
     assert lovasz.item() == pytest.approx(lovasz_softmax(probabilities, target[0, :2, 0, 0]).item(), rel=1e-6)
 
 
-def _jaccard_loss(mispredicted: set[int], truth: set[int]) -> float:
-    """Berman et al.'s Delta_J: 1 - |truth & prediction| / |truth | prediction| of a mispredicted set."""
-    return len(mispredicted) / len(truth | mispredicted) if mispredicted else 0.0
-
-
-def _lovasz_brute_force(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """Lovasz extension of Delta_J per present class as the max over all orders of the set function's
-    increments (Delta_J is submodular: the extension is the support function of its base polytope)."""
-    losses = []
-    for c in sorted(set(labels.tolist())):
-        truth = set(np.flatnonzero(labels == c).tolist())
-        errors = np.abs((labels == c).astype(float) - probabilities[:, c])
-        best = -math.inf
-        for order in itertools.permutations(range(len(labels))):
-            value, before = 0.0, set()
-            for i in order:
-                value += errors[i] * (_jaccard_loss(before | {i}, truth) - _jaccard_loss(before, truth))
-                before = before | {i}
-            best = max(best, value)
-        losses.append(best)
-    return float(np.mean(losses))
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_lovasz_softmax_equals_a_brute_force_lovasz_extension_of_the_jaccard_loss(seed):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 3, 6)
-    probabilities = rng.dirichlet(np.ones(4), 6)  # class 3 is never a label: it is not present
-    loss = lovasz_softmax(torch.tensor(probabilities), torch.tensor(labels))
-    assert loss.item() == pytest.approx(_lovasz_brute_force(probabilities, labels), abs=1e-9)
-
-
-def test_lovasz_softmax_of_hard_predictions_is_one_minus_the_jaccard_index():
-    labels = np.array([0, 0, 1, 1, 1, 2, 2, 0])
-    predicted = np.array([0, 1, 1, 1, 2, 2, 0, 0])
-    ious = []
-    for c in range(3):
-        truth, prediction = set(np.flatnonzero(labels == c)), set(np.flatnonzero(predicted == c))
-        ious.append(len(truth & prediction) / len(truth | prediction))
-    one_hot = F.one_hot(torch.tensor(predicted), 4).double()
-    assert lovasz_softmax(one_hot, torch.tensor(labels)).item() == pytest.approx(1 - np.mean(ious))
-
-
 def test_the_bev_layout_comes_from_the_backbone_output():
     spot = _tiny_spot()
     layout = BevLayout.of_backbone(SparseBackbone(TINY_GRID, (4, 4, 4), 4))
     assert (layout.origin, layout.cell, layout.cells) == ((0.0, 0.0), (1.0, 1.0), (8, 4))
-    assert spot.k == 2 and spot.depth == 4
-    assert _tiny_spot({"range": TINY_OCCUPANCY["range"], "voxel_size": [1.0, 1.0, 0.5]}).k == 1
+    assert spot.columns.k == 2 and spot.columns.depth == 4
+    assert _tiny_spot({"range": TINY_OCCUPANCY["range"], "voxel_size": [1.0, 1.0, 0.5]}).columns.k == 1
 
 
 @pytest.mark.parametrize("occupancy, problem", [
@@ -139,7 +97,7 @@ def test_a_grid_not_aligned_with_the_bev_map_is_an_error_naming_both(occupancy, 
 def test_each_voxel_reads_the_bev_cell_above_it():
     """Logit (class c, voxel x, y, z) is channel ((c Z + z) k + y % k) k + x % k of BEV cell (x // k, y // k)."""
     spot = _tiny_spot()
-    k, depth = spot.k, spot.depth
+    k, depth = spot.columns.k, spot.columns.depth
     channels = OCCUPANCY_CLASSES * depth * k * k
     code = (torch.arange(channels)[:, None, None] * 10000 + torch.arange(4)[None, :, None] * 100
             + torch.arange(8)[None, None, :]).float()[None]  # (1, channels, y, x)
@@ -152,15 +110,6 @@ def test_each_voxel_reads_the_bev_cell_above_it():
     c, x, y, z = torch.meshgrid(*(torch.arange(n) for n in logits.shape[1:]), indexing="ij")
     expected = (((c * depth + z) * k + y % k) * k + x % k) * 10000 + (y // k) * 100 + x // k
     assert torch.equal(logits[0], expected.float())
-
-
-def _bev_giving(spot: SPOT, logits: torch.Tensor) -> torch.Tensor:
-    """The head output (with an identity head, the BEV map) from which ``logits`` (C, X, Y, Z) come."""
-    k, depth = spot.k, spot.depth
-    c, x, y, z = torch.meshgrid(*(torch.arange(n) for n in logits.shape), indexing="ij")
-    bev = torch.zeros(1, OCCUPANCY_CLASSES * depth * k * k, logits.shape[2] // k, logits.shape[1] // k)
-    bev[0, ((c * depth + z) * k + y % k) * k + x % k, y // k, x // k] = logits
-    return bev
 
 
 def test_pretext_metrics_by_hand():
@@ -178,7 +127,7 @@ def test_pretext_metrics_by_hand():
     logits[EMPTY_INDEX, 4:6, :, 0] = 7.0  # 7 - log 0.01 = 11.6 beats 10 - log 2 once unweighted
     logits[CLASS_ID["car"], 4:6, :, 0] = 10.0
     batch = Batch(["a"], [], [], [], [], occupancy=target[None].to(torch.uint8), occupancy_grid=TINY_OCCUPANCY)
-    output = BackboneOutput(None, {}, _bev_giving(spot, logits), 4, TINY_GRID)
+    output = BackboneOutput(None, {}, head_output_giving(spot.columns, logits), 4, TINY_GRID)
     metrics = spot.pretext_metrics(output, batch, None, torch.Generator())
     assert metrics["miou"] == metrics["geometric_iou"] == metrics["iou_car"] == pytest.approx(16 / 48)
     assert metrics["miou_unweighted"] == metrics["geometric_iou_unweighted"] == pytest.approx(16 / 32)

@@ -5,7 +5,7 @@ import pytest
 
 from occbench.tasks.job import compute_matched_epochs, epochs_for
 from occbench.workflow.grid import FinetuneRun, MatchedPretraining
-from smoke import make_dataset, occbench, smoke_params
+from smoke import occbench, smoke_params
 
 
 def test_fewer_labels_get_more_epochs():
@@ -26,19 +26,6 @@ def test_compute_matched_epochs_by_hand():
     assert compute_matched_epochs(params, run, label_frames=9, pretrain_frames=7) == 47
     params["pretrain"]["epochs"] = 6  # P = 24, divisible by 3: exactly P + F = 144 steps
     assert compute_matched_epochs(params, run, label_frames=9, pretrain_frames=7) == 48
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """The smoke dataset converted, split and pre-trained once for this module's runs."""
-    path = tmp_path_factory.mktemp("finetune")
-    make_dataset(path)
-    cwd = os.getcwd()
-    os.chdir(path)
-    assert occbench("pretrain", "--backbone", "small", "--dataset", "synthetic", "--method", "also",
-                    "--fraction", "1") == 0
-    yield path
-    os.chdir(cwd)
 
 
 def _finetune(source, seed, *extra, split_seed=0):

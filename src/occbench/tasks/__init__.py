@@ -1,7 +1,9 @@
 """Downstream tasks: a dict from name to task class (head, loss, evaluator, main metric); tasks/job.py runs them."""
 
+from occbench.tasks.occupancy import OccupancyTask
 from occbench.tasks.segmentation import SegmentationTask
 
 TASKS = {
     "segmentation": SegmentationTask,
+    "occupancy": OccupancyTask,
 }

@@ -7,10 +7,13 @@ backbone, loads the pre-trained weights with the loaded-parameter check, trains
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from occbench.data.batch import Batch
+from occbench.data.dataset import FrameIndex
 from occbench.models.backbone import BackboneOutput, SparseBackbone
 from occbench.models.voxelize import VoxelBatch, voxelize
 
@@ -25,6 +28,15 @@ class Evaluator:
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class TaskContext:
+    """What a task may know about its run beyond its settings: the fine-tuning frames (a head sized by the
+    dataset's occupancy grid reads it from them)."""
+
+    index: FrameIndex
+    frame_ids: tuple[str, ...]  # the labelled training frames
+
+
 class Task(nn.Module):
     """A task's head(s) on the backbone; the backbone itself stays task-agnostic."""
 
@@ -32,7 +44,7 @@ class Task(nn.Module):
     needs_bev: bool = False
     main_metric: str
 
-    def __init__(self, backbone: SparseBackbone, settings: dict):
+    def __init__(self, backbone: SparseBackbone, settings: dict, context: TaskContext | None = None):
         super().__init__()
         self.settings = settings
 
@@ -40,8 +52,9 @@ class Task(nn.Module):
         """The head's predictions."""
         raise NotImplementedError
 
-    def loss(self, predictions: torch.Tensor, output: BackboneOutput, batch: Batch,
-             voxels: VoxelBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, predictions: torch.Tensor, output: BackboneOutput, batch: Batch, voxels: VoxelBatch,
+             generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss and the values to log; ``generator``: the step's seeded draws."""
         raise NotImplementedError
 
     def evaluator(self) -> Evaluator:
@@ -85,4 +98,4 @@ class FinetuneModel(nn.Module):
 
     def forward(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         output, predictions, voxels = self.run(batch)
-        return self.task.loss(predictions, output, batch, voxels)
+        return self.task.loss(predictions, output, batch, voxels, generator)

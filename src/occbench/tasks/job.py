@@ -17,7 +17,7 @@ from occbench.models.checkpoint import load_backbone, read_checkpoint
 from occbench.progress import progress
 from occbench.provenance import environment
 from occbench.tasks import TASKS
-from occbench.tasks.base import FinetuneModel
+from occbench.tasks.base import FinetuneModel, TaskContext
 from occbench.training import TrainConfig, fit, save_torch, seed_everything
 from occbench.training.distributed import init_distributed
 from occbench.training.loop import STATE_FILE, resolve_device
@@ -77,14 +77,14 @@ def evaluate(model: FinetuneModel, index: FrameIndex, frame_ids: list[str], batc
 def finetune(params: dict, run: FinetuneRun) -> dict:
     settings, execution = params["finetune"][run.task], params["execution"]
     seed_everything(run.seed, execution["threads"])
+    frames = RunFrames.read(run.finetune_dataset, "labels", run.label_fraction, run.label_split_seed)
+    index, split_file, train_ids, val_ids = frames.index, frames.split_file, frames.train_ids, frames.val_ids
     backbone = SparseBackbone.from_params(params, run.backbone)
-    task = TASKS[run.task](backbone, settings)
+    task = TASKS[run.task](backbone, settings, TaskContext(index, tuple(train_ids)))
     model = FinetuneModel(backbone, task, settings["backbone_lr_scale"])
     load_report = load_pretrained(backbone, run, params["finetune"]["min_loaded_fraction"])
     needs = check_needs(task.needs, f"task {run.task}")
 
-    frames = RunFrames.read(run.finetune_dataset, "labels", run.label_fraction, run.label_split_seed)
-    index, split_file, train_ids, val_ids = frames.index, frames.split_file, frames.train_ids, frames.val_ids
     dataset = frames.training_set(params, run.seed)
     epochs, matched_split = epochs_for(settings["epochs"], run.label_fraction), None
     if run.compute_matched is not None:

@@ -21,7 +21,7 @@ from occbench.metrics.segmentation import ConfusionMatrix, bootstrap_miou_interv
 from occbench.metrics.stats import nan_to_none
 from occbench.models.backbone import BackboneOutput, SparseBackbone
 from occbench.models.voxelize import VoxelBatch, points_to_voxel_rows
-from occbench.tasks.base import Evaluator, Task
+from occbench.tasks.base import Evaluator, Task, TaskContext
 
 
 class SegmentationEvaluator(Evaluator):
@@ -48,15 +48,15 @@ class SegmentationEvaluator(Evaluator):
 class SegmentationTask(Task):
     main_metric = "miou"
 
-    def __init__(self, backbone: SparseBackbone, settings: dict):
-        super().__init__(backbone, settings)
+    def __init__(self, backbone: SparseBackbone, settings: dict, context: TaskContext | None = None):
+        super().__init__(backbone, settings, context)
         self.head = nn.Linear(backbone.out_channels, NUM_CLASSES)
 
     def forward(self, output: BackboneOutput) -> torch.Tensor:
         return self.head(output.voxel_features.features)
 
-    def loss(self, predictions: torch.Tensor, output: BackboneOutput, batch: Batch,
-             voxels: VoxelBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, predictions: torch.Tensor, output: BackboneOutput, batch: Batch, voxels: VoxelBatch,
+             generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         """Cross-entropy over the training points inside the grid, each scored by its voxel's logits."""
         inside = [rows >= 0 for rows in voxels.point_voxel]
         logits = predictions[torch.cat([rows[m] for rows, m in zip(voxels.point_voxel, inside)])]

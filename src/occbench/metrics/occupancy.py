@@ -1,0 +1,129 @@
+"""Semantic occupancy metrics over voxels: per-class IoU, mIoU and geometric IoU, in two protocols.
+
+One confusion matrix (NUM_CLASSES classes + empty) summed over every held-out
+voxel that counts; IGNORE_INDEX voxels (below the ground, unknown) never count.
+Which labelled voxels count is the protocol (``PROTOCOLS``):
+
+- ``openoccupancy``: every labelled voxel (OpenOccupancy, Wang et al. ICCV 2023);
+- ``occ3d``: only the voxels the frame's LiDAR observed (Occ3D, Tian et al.
+  NeurIPS 2023): those its rays cross from the sensor origin to each return
+  (seen free) and those holding a return (seen occupied). Occ3D also has a
+  camera-visibility mask; with no camera ray casting here, the LiDAR mask alone.
+
+mIoU is the mean IoU of the semantic classes (empty is not a class of it),
+over the classes whose IoU is defined (present in target or prediction), as
+the segmentation metric; geometric IoU is the IoU of "occupied" (any class)
+against empty.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+
+from occbench.data.taxonomy import CLASSES, EMPTY_INDEX, IGNORE_INDEX, NUM_CLASSES
+from occbench.metrics.segmentation import ConfusionMatrix
+from occbench.metrics.stats import nan_to_none
+
+RAYS_PER_CHUNK = 4096  # bounds the (rays x plane crossings) temporaries of observed_mask to tens of MB
+
+
+def _grid_shape(grid: dict) -> tuple[int, int, int]:
+    point_range, voxel = grid["range"], grid["voxel_size"]
+    return tuple(round((point_range[axis + 3] - point_range[axis]) / voxel[axis]) for axis in range(3))
+
+
+def observed_mask(points: torch.Tensor, origin: torch.Tensor, grid: dict) -> torch.Tensor:
+    """(X, Y, Z) bool: the voxels of ``grid`` ({"range", "voxel_size"}) that the rays from ``origin`` (3,)
+    to ``points`` (N, 3) cross or end in, on the points' device.
+
+    Exact traversal: a segment from s to e (in voxel units) enters a new voxel at each integer plane
+    it crosses, so the voxels it visits are the one holding s and, for each crossing of plane m along
+    axis a at t = (m - s_a) / (e_a - s_a), the voxel of s + t (e - s) with coordinate a set to m (going
+    up) or m - 1 (going down); plus the one holding e. Only planes inside the grid are crossed.
+    """
+    shape = _grid_shape(grid)
+    device = points.device
+    lower = torch.tensor(grid["range"][:3], dtype=torch.float64, device=device)
+    size = torch.tensor(grid["voxel_size"], dtype=torch.float64, device=device)
+    extent = torch.tensor(shape, device=device)
+    start = (origin.to(device, torch.float64) - lower) / size
+    mask = torch.zeros(shape, dtype=torch.bool, device=device)
+
+    def mark(coords: torch.Tensor) -> None:
+        inside = ((coords >= 0) & (coords < extent)).all(1)
+        coords = coords[inside]
+        mask[coords[:, 0], coords[:, 1], coords[:, 2]] = True
+
+    mark(start.floor().long()[None])
+    for chunk in torch.split(points.to(torch.float64), RAYS_PER_CHUNK):
+        end = (chunk - lower) / size
+        mark(end.floor().long())
+        step = end - start
+        for axis in range(3):
+            low, high = torch.minimum(end[:, axis], start[axis]), torch.maximum(end[:, axis], start[axis])
+            first = (low.floor() + 1).clamp(min=0).long()
+            last = (high.ceil() - 1).clamp(max=shape[axis]).long()
+            count = (last - first + 1).clamp(min=0)
+            ray = torch.repeat_interleave(torch.arange(len(chunk), device=device), count)
+            plane = first[ray] + torch.arange(len(ray), device=device) - (count.cumsum(0) - count)[ray]
+            t = (plane - start[axis]) / step[ray, axis]
+            coords = (start + t[:, None] * step[ray]).floor().long()
+            coords[:, axis] = torch.where(step[ray, axis] > 0, plane, plane - 1)
+            mark(coords)
+    return mask
+
+
+def every_voxel(points: torch.Tensor, origin: torch.Tensor, grid: dict) -> torch.Tensor:
+    """OpenOccupancy: every voxel counts (the labels' IGNORE_INDEX still excludes the unknown ones)."""
+    return torch.ones(_grid_shape(grid), dtype=torch.bool, device=points.device)
+
+
+# Which voxels of a frame count, from its points, sensor origin and occupancy grid.
+PROTOCOLS: dict[str, Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor]] = {
+    "openoccupancy": every_voxel,
+    "occ3d": observed_mask,
+}
+
+
+def occupancy_confusion() -> ConfusionMatrix:
+    """An empty confusion matrix of the semantic classes + empty, IGNORE_INDEX targets left out."""
+    return ConfusionMatrix(NUM_CLASSES + 1, IGNORE_INDEX)
+
+
+def count_voxels(confusion: ConfusionMatrix, prediction: torch.Tensor, target: torch.Tensor,
+                 counted: torch.Tensor) -> None:
+    """Add one frame's (X, Y, Z) predicted and target classes, over the ``counted`` voxels only."""
+    if not prediction.shape == target.shape == counted.shape:
+        raise ValueError(f"prediction {tuple(prediction.shape)}, target {tuple(target.shape)} and mask "
+                         f"{tuple(counted.shape)} must be the same voxel grid")
+    confusion.update(prediction[counted], target[counted])
+
+
+def semantic_miou(confusion: ConfusionMatrix) -> float:
+    """Mean IoU of the semantic classes (empty excluded) whose IoU is defined; NaN if none is."""
+    semantic = confusion.iou()[:NUM_CLASSES]
+    defined = semantic[~np.isnan(semantic)]
+    return float(defined.mean()) if defined.size else math.nan
+
+
+def geometric_iou(confusion: ConfusionMatrix) -> float:
+    """IoU of occupied (any semantic class) against empty; NaN without an occupied voxel in either."""
+    matrix = confusion.matrix
+    both_occupied = matrix[:EMPTY_INDEX, :EMPTY_INDEX].sum()
+    either_occupied = matrix.sum() - matrix[EMPTY_INDEX, EMPTY_INDEX]
+    return float(both_occupied / either_occupied) if either_occupied else math.nan
+
+
+def occupancy_metrics(confusion: ConfusionMatrix) -> dict:
+    """The metrics.json payload: numbers only, an undefined value written as null; ``counted_voxels`` says
+    how many voxels the protocol counted (Occ3D's share of OpenOccupancy's is what the LiDAR saw)."""
+    return {
+        "miou": nan_to_none(semantic_miou(confusion)),
+        "geometric_iou": nan_to_none(geometric_iou(confusion)),
+        "iou": {name: nan_to_none(value) for name, value in zip(CLASSES, confusion.iou()[:NUM_CLASSES])},
+        "counted_voxels": int(confusion.matrix.sum()),
+    }

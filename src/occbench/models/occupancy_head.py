@@ -1,0 +1,131 @@
+"""Semantic occupancy from the BEV map: per-voxel class logits along z under each BEV cell.
+
+Shared by SPOT's pre-training head and the occupancy fine-tuning task. The
+occupancy grid must align with the backbone's BEV map: the same x/y range,
+each BEV cell covering k x k occupancy columns (k a whole number). The head is
+a 3x3 convolution on the dense BEV features, then a 1x1 convolution to
+k * k * Z * (classes + 1) channels, unfolded (pixel shuffle) into the class
+logits of the k x k columns of Z voxels under each cell. The BEV map's layout
+(its stride and grid) is read from the backbone's output (``BevLayout``); at
+construction, from its output on one point.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from occbench.data.batch import Batch
+from occbench.data.dataset import FrameIndex
+from occbench.data.frame import occupancy_grid
+from occbench.data.taxonomy import NUM_CLASSES
+from occbench.models.backbone import BackboneOutput, SparseBackbone
+from occbench.models.voxelize import voxelize
+
+OCCUPANCY_CLASSES = NUM_CLASSES + 1  # the semantic classes, then empty (EMPTY_INDEX)
+
+
+@dataclass(frozen=True)
+class BevLayout:
+    """Where the BEV map lies: its x/y origin, cell size and cells, from a backbone's output."""
+
+    origin: tuple[float, float]
+    cell: tuple[float, float]
+    cells: tuple[int, int]  # along x, along y
+    described: str
+
+    @classmethod
+    def of(cls, output: BackboneOutput) -> "BevLayout":
+        grid, stride = output.grid, output.bev_stride
+        cell = (grid.voxel_size[0] * stride, grid.voxel_size[1] * stride)
+        cells = (output.bev.shape[3], output.bev.shape[2])  # the map is (B, C, y, x)
+        described = (f"the BEV map (voxelization range {list(grid.point_cloud_range)}, voxel size "
+                     f"{list(grid.voxel_size)}, BEV stride {stride}: {cells[0]} x {cells[1]} cells of "
+                     f"{cell[0]} x {cell[1]} m)")
+        return cls(tuple(grid.point_cloud_range[:2]), cell, cells, described)
+
+    @classmethod
+    def of_backbone(cls, backbone: SparseBackbone) -> "BevLayout":
+        """The layout of ``backbone``'s BEV map, read from its output on one point (eval mode, no grad)."""
+        grid, device = backbone.grid, next(backbone.parameters()).device
+        point = (grid.lower + grid.size / 2)[None].to(device)
+        training = backbone.training
+        backbone.eval()
+        with torch.no_grad():
+            output = backbone(voxelize([point], [torch.zeros(1, device=device)], grid), with_bev=True)
+        backbone.train(training)
+        return cls.of(output)
+
+
+def upsampling(bev: BevLayout, occupancy: dict, shape: tuple[int, ...], who: str) -> int:
+    """How many occupancy columns per BEV cell and axis (k), if the grids align; else a ValueError naming both.
+
+    ``occupancy``: {"range": [x0, y0, z0, x1, y1, z1], "voxel_size": [dx, dy, dz]}, ``shape`` (X, Y, Z).
+    """
+    point_range, voxel = occupancy["range"], occupancy["voxel_size"]
+    ratios = [bev.cell[axis] / voxel[axis] for axis in (0, 1)]
+    k = round(ratios[0])
+    problems = []
+    if not all(math.isclose(r, k, abs_tol=1e-6) for r in ratios) or k < 1:
+        problems.append(f"a BEV cell is not the same whole number of occupancy voxels along x and y ({ratios})")
+    for axis, name in enumerate("xy"):
+        start, stop = bev.origin[axis], bev.origin[axis] + bev.cells[axis] * bev.cell[axis]
+        if not (math.isclose(point_range[axis], start, abs_tol=1e-6)
+                and math.isclose(point_range[axis + 3], stop, abs_tol=1e-6)):
+            problems.append(f"{name} spans [{point_range[axis]}, {point_range[axis + 3]}] in the occupancy grid "
+                            f"but [{start}, {stop}] in the BEV map")
+        elif k >= 1 and shape[axis] != bev.cells[axis] * k:
+            problems.append(f"{shape[axis]} occupancy voxels along {name} for {bev.cells[axis]} BEV cells of {k}")
+    if problems:
+        raise ValueError(f"{who}: the occupancy grid (range {list(point_range)}, voxel size {list(voxel)}) does not "
+                         f"align with {bev.described}: " + "; ".join(problems))
+    return k
+
+
+def occupancy_grid_of_run(index: FrameIndex, frame_ids, who: str) -> dict:
+    """The occupancy grid ({"range", "voxel_size"}) of a run's first frame; a ValueError if it has none."""
+    first = frame_ids[0]
+    grid = occupancy_grid(index.load(first))
+    if grid is None:
+        raise ValueError(f"{index.path}: frame {first!r} has no semantic occupancy, which {who} "
+                         "trains on (datasets.<name>.occupancy)")
+    return {"range": list(grid.point_range), "voxel_size": list(grid.voxel_size)}
+
+
+class OccupancyColumns:
+    """How an occupancy grid hangs below a backbone's BEV map: k x k columns of ``depth`` voxels per cell."""
+
+    def __init__(self, backbone: SparseBackbone, occupancy: dict, who: str):
+        self.who = who
+        self.grid = {"range": [float(v) for v in occupancy["range"]],
+                     "voxel_size": [float(v) for v in occupancy["voxel_size"]]}
+        point_range, voxel = self.grid["range"], self.grid["voxel_size"]
+        shape = tuple(round((point_range[axis + 3] - point_range[axis]) / voxel[axis]) for axis in range(3))
+        self.k = upsampling(BevLayout.of_backbone(backbone), self.grid, shape, who)
+        self.depth = shape[2]  # voxels along z: the logits of a column
+
+    def head(self, bev_channels: int, hidden: int) -> nn.Sequential:
+        """The light head whose output ``logits`` unfolds: 3x3 conv, BN, ReLU, 1x1 conv to every column's logits."""
+        return nn.Sequential(
+            nn.Conv2d(bev_channels, hidden, 3, padding=1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, self.k * self.k * self.depth * OCCUPANCY_CLASSES, 1),
+        )
+
+    def logits(self, head_output: torch.Tensor, output: BackboneOutput, batch: Batch) -> torch.Tensor:
+        """Class logits (B, OCCUPANCY_CLASSES, X, Y, Z) of the batch's occupancy voxels from the head's output."""
+        if batch.occupancy_grid != self.grid:
+            raise ValueError(f"{self.who} was built for the occupancy grid {self.grid}, but frames "
+                             f"{batch.frame_ids} have {batch.occupancy_grid}")
+        layout = BevLayout.of(output)
+        if upsampling(layout, batch.occupancy_grid, tuple(batch.occupancy.shape[1:]), self.who) != self.k:
+            raise ValueError(f"{self.who} was built for {self.k} x {self.k} occupancy columns per BEV cell; this "
+                             f"backbone's BEV map has other cells ({layout.described})")
+        shuffled = F.pixel_shuffle(head_output, self.k)  # (B, classes * Z, Y, X)
+        b, _, y, x = shuffled.shape
+        return shuffled.reshape(b, OCCUPANCY_CLASSES, self.depth, y, x).permute(0, 1, 4, 3, 2)
