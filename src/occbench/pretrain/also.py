@@ -194,7 +194,6 @@ class ALSO(PretrainMethod):
     differs = ("at most max_neighbours latent points per query; decoder input scaled by relative_scale "
                "(0.1 m, not metres); out queries never behind the sensor")
     headline_metrics = ("query_accuracy", "pair_bce")
-    needs_bev = False
 
     def __init__(self, backbone: SparseBackbone, settings: dict, context: RunContext | None = None):
         super().__init__(backbone, settings, context)

@@ -128,7 +128,6 @@ class OccupancyMAE(PretrainMethod):
     differs = ("range in metres from the sensor (not voxel indices from the grid corner); the paper's "
                "90/70/50 % ratios (not the configs' 50/30/30 %); occupancy predicted on target_stride cells")
     headline_metrics = ("iou_masked", "iou")
-    needs_bev = False
 
     def __init__(self, backbone: SparseBackbone, settings: dict, context: RunContext | None = None):
         super().__init__(backbone, settings, context)

@@ -196,7 +196,6 @@ class PICTURE(PretrainMethod):
                "members beyond the threshold; masked voxels decoded from the encoder's stride-2/4 levels; "
                "at most loss_voxels_per_frame masked voxels in the loss")
     headline_metrics = ("chamfer", "feature_cosine")
-    needs_bev = False
 
     def __init__(self, backbone: SparseBackbone, settings: dict, context: RunContext):
         super().__init__(backbone, settings, context)
@@ -259,10 +258,10 @@ class PICTURE(PretrainMethod):
             context.append(features)
             found.append(active)
         place = ((indices[:, 1] % CELL) * CELL + indices[:, 2] % CELL) * CELL + indices[:, 3] % CELL
-        flags = torch.stack(found, dim=1).to(context[0].dtype)
-        hidden = self.decoder(torch.cat([*context, flags, self.place(place)], dim=1))
+        found = torch.stack(found, dim=1)
+        hidden = self.decoder(torch.cat([*context, found.to(context[0].dtype), self.place(place)], dim=1))
         predicted = self.to_points(hidden).view(len(rows), self.options.points_per_voxel, 3)
-        return rows, predicted, self.to_feature(hidden), torch.stack(found, dim=1).any(dim=1)
+        return rows, predicted, self.to_feature(hidden), found.any(dim=1)
 
     def _targets(self, batch: Batch, voxels: VoxelBatch, rows: torch.Tensor, generator: torch.Generator):
         points, valid = voxel_point_targets(batch.points, voxels.parent, rows, self.options.max_target_points,
