@@ -45,6 +45,7 @@ rule pretrain_split:
         "results/benchmarks/split/{dataset}_pretrain_{fraction}.tsv"
     params:
         hparams=lambda w: split_digest(config, "pretrain"),
+    priority: 1  # its pre-training goes first (rules/pretrain.smk)
     conda:
         ENV
     shell:

@@ -17,6 +17,9 @@ rule pretrain:
         hparams=lambda w: pretrain_digest(config, pretrain_run(w)),
         method=lambda w: pretrain_run(w).method,
     threads: config["execution"]["threads"]
+    # Before any fine-tuning that is ready too: most of the grid waits on checkpoints,
+    # so a late pre-training leaves the last minutes to one job on one core.
+    priority: 1
     resources:
         gpu=config["execution"]["pretrain_gpus"],
     conda:
