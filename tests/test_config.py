@@ -35,7 +35,7 @@ def test_shipped_params_are_valid():
         (lambda p: p["grid"]["transfers"].append({"pretrain": "lyft", "finetune": "synthetic"}),
          "grid.transfers[1].pretrain: dataset 'lyft' is not defined under datasets"),
         (lambda p: p["grid"].update(backbones=["huge"]), "grid.backbones[0]: 'huge' is not defined under backbones"),
-        (lambda p: p["grid"].update(label_fractions=[0.3, 1.0]),
+        (lambda p: (p["grid"].update(label_fractions=[0.3, 1.0]), p["splits"].update(label_sampling="scenes")),
          "splits.label_sampling: fraction 0.3 is not 1/k for a whole k"),
         (lambda p: p["grid"].update(pretrain_fractions=[0.2, 0.5, 1.0]),
          "splits.pretrain_sampling: interval sampling with strides 2 and 5"),

@@ -118,10 +118,11 @@ def test_linear_probe_keeps_the_pretrained_backbone_and_its_batchnorm_statistics
 
 
 def test_label_split_seeds_fine_tune_on_their_own_frames(workdir):
-    """The smoke grid's two label splits at 50 % are its two training scenes, one each."""
+    """The smoke grid's two label splits at 50 % are two different pairs of its 4 training frames
+    (label_sampling: frames)."""
     splits = [f"results/data/synthetic/splits/labels_0.5_split_{split_seed}.txt" for split_seed in (0, 1)]
     first, second = (set(open(split).read().split()) for split in splits)
-    assert len(first) == len(second) == 2 and not first & second
+    assert len(first) == len(second) == 2 and first != second
     assert _finetune("scratch", 0, split_seed=1) == 0
     meta = json.loads(open(f"{_run_dir('scratch', 0, 1)}/run_meta.json").read())
     assert meta["splits"]["labels"]["file"] == splits[1] and meta["run"]["label_split_seed"] == 1

@@ -79,7 +79,7 @@ CASES = [
     ("pretrain.methods.picture.hidden_dim", 32, NONE),  # a method taught by these runs' method
     ("splits.seed", 1, PRE_STEPS),  # label splits take their own seeds
     ("splits.pretrain_sampling", "frames", PRE_STEPS),
-    ("splits.label_sampling", "frames", FINETUNES),
+    ("splits.label_sampling", "scenes", FINETUNES),
     ("datasets.synthetic.seed", 5, ALL),
     ("datasets.synthetic.sensor", {"profile": "kitti64"}, ALL),
     ("datasets.synthetic_waymo64.seed", 5, NONE),  # a dataset these runs do not use
@@ -132,7 +132,7 @@ def test_data_digests_cover_their_own_dataset_and_subset_only():
         dataset_digest(params, "synthetic")
     assert dataset_digest(edited(params, "datasets.synthetic.seed", 9), "synthetic") != \
         dataset_digest(params, "synthetic")
-    labels_sampling = edited(params, "splits.label_sampling", "frames")
+    labels_sampling = edited(params, "splits.label_sampling", "scenes")
     assert split_digest(labels_sampling, "pretrain") == split_digest(params, "pretrain")
     assert split_digest(labels_sampling, "labels", 0) != split_digest(params, "labels", 0)
     assert split_digest(edited(params, "splits.seed", 3), "pretrain") != split_digest(params, "pretrain")

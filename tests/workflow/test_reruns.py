@@ -130,7 +130,7 @@ def test_editing_one_methods_settings_reruns_that_method_its_students_and_their_
 
 def test_label_sampling_reruns_label_splits_and_finetunes_not_pretraining(project):
     grid = grid_of(project)
-    sampling = overlay(project, "sampling.yaml", {"splits": {"label_sampling": "frames"}})
+    sampling = overlay(project, "sampling.yaml", {"splits": {"label_sampling": "scenes"}})
     jobs = planned(project, "--configfile", sampling)
     assert set(jobs) == {"label_split", "finetune", "aggregate", "report", "all"}
     assert jobs["label_split"] == {str(split_path(*spec)) for spec in grid.splits if spec[1] == "labels"}
