@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -19,7 +18,7 @@ from occbench.tasks.base import FinetuneModel
 from occbench.tasks.detection import (REGRESSION, DetectionTask, focal_loss, gaussian_radius, rotated_iou,
                                       rotated_nms)
 from overfitting import overfit
-from smoke import ROOT, occbench
+from smoke import ROOT, finetune, read_run
 
 SETTINGS = load_params(ROOT / "params.yaml")["finetune"]["detection"]
 # 16 m x 8 m, 0.25 m voxels: 16 x 8 BEV cells of 1 m at stride 4.
@@ -200,3 +199,19 @@ def test_overfitting_two_tiny_frames_lowers_the_loss():
     with torch.no_grad():
         evaluator.update(*model.run(batch)[:2], batch, None)
     assert evaluator.result()["mAP"] > 0.6
+
+
+@pytest.mark.slow
+def test_smoke_fine_tuning_from_scratch_and_from_a_pretrained_checkpoint(workdir):
+    sources = ("scratch", "also-synthetic-pt_1")
+    assert [finetune("detection", source, 0) for source in sources] == [0, 0]
+    for source in sources:
+        metrics, meta = (read_run("detection", source, 0, name) for name in ("metrics.json", "run_meta.json"))
+        assert 0 <= metrics["mAP"] <= 1 and 0 <= metrics["NDS"] <= 0.8  # AVE and AAE score 0
+        assert set(metrics["class_ap"]) == {"car", "truck", "pedestrian", "cyclist"}
+        assert metrics["tp_errors"]["vel_err"] is None
+        assert meta["main_metric"] == "mAP" and meta["run"]["task"] == "detection"
+        assert {"heatmap", "regression"} <= set(meta["history"][-1])
+    scratch, pretrained = (read_run("detection", source, 0, "run_meta.json") for source in sources)
+    assert pretrained["pretrained"]["loaded_fraction"] == 1.0 and scratch["pretrained"] is None
+    assert scratch["history"] != pretrained["history"]

@@ -185,6 +185,7 @@ class DetectionTask(Task):
     needs = frozenset({"boxes"})
     needs_bev = True
     main_metric = "mAP"
+    more_metrics = ("NDS",)
 
     def __init__(self, backbone: SparseBackbone, settings: dict, context: TaskContext | None = None):
         super().__init__(backbone, settings, context)
