@@ -156,6 +156,18 @@ def test_the_loss_of_a_head_that_outputs_the_targets():
     assert loss.item() == pytest.approx(SETTINGS["heatmap_weight"] * expected.item(), rel=1e-4)
 
 
+def test_a_frame_without_boxes_costs_the_background_alone():
+    """All-zero head output (p = 1/2 everywhere), no box: every one of the 4 x 8 x 16 cells costs
+    1^4 (1/2)^2 ln 2 and no group has a positive to divide by, so the loss is 128 ln 2, without L1."""
+    task = _task()
+    output = BackboneOutput(None, {}, torch.zeros(1, 4, 8, 16), 4, TINY_GRID)
+    predictions = torch.zeros(1, 4 + 3 * REGRESSION, 8, 16)
+    batch = _batch(BOXES[4:], LABELS[4:])
+    loss, logs = task.loss(predictions, output, batch, None, torch.Generator())
+    assert loss.item() == pytest.approx(128 * math.log(2), rel=1e-6) and logs["regression"] == 0
+    assert task.heatmap_targets(task.objects(batch, LAYOUT), (1, 4, 8, 16)).sum() == 0
+
+
 def test_class_ranges_must_name_the_groups_classes():
     with pytest.raises(ValueError, match="finetune.detection.class_ranges"):
         _task(class_ranges={"car": 50.0})

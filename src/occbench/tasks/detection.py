@@ -247,8 +247,6 @@ class DetectionTask(Task):
         sigma = (2 r + 1) / 6 and the gaussian cut at r cells from the centre, as CenterNet draws it."""
         batch, classes, height, width = shape
         heat = objects.regression.new_zeros((batch * classes, height, width))
-        if len(objects.sample) == 0:
-            return heat.view(shape)
         radius = gaussian_radius(objects.extent[:, 0], objects.extent[:, 1], self.settings["gaussian_overlap"])
         radius = torch.clamp(torch.floor(radius), min=self.settings["min_radius"])[:, None]
         sigma = (2 * radius + 1) / 6
