@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -21,6 +22,22 @@ def smoke_params() -> dict:
 def occbench(*args: str) -> int:
     """Run an occbench verb on the smoke grid, as a rule would."""
     return main([*SMOKE_ARGS, *args])
+
+
+def finetune(task: str, source: str, seed: int, *extra: str) -> int:
+    """`occbench finetune` of ``task`` on the smoke dataset at 50 % labels; ``extra``: options before the verb."""
+    return occbench(*extra, "finetune", "--task", task, "--backbone", "small", "--dataset", "synthetic",
+                    "--source", source, "--label-fraction", "0.5", "--seed", str(seed))
+
+
+def run_dir(task: str, source: str, seed: int) -> Path:
+    """The folder of a ``finetune`` run (relative to the working folder)."""
+    return Path(f"results/finetune/{task}/synthetic/small/{source}/labels_0.5/split_0/seed_{seed}")
+
+
+def read_run(task: str, source: str, seed: int, name: str):
+    """A JSON file (metrics.json, run_meta.json) of a ``finetune`` run."""
+    return json.loads((run_dir(task, source, seed) / name).read_text())
 
 
 def make_dataset(workdir: Path) -> None:

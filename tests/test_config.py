@@ -47,6 +47,10 @@ def test_shipped_params_are_valid():
          "finetune.occupancy.epochs: no entry covers the largest label fraction 1.0"),
         (lambda p: p["finetune"]["occupancy"].update(protocol="occ4d"),
          "finetune.occupancy.protocol: 'occ4d' is not one of"),
+        (lambda p: p["finetune"]["detection"]["class_ranges"].update(bus=50.0),
+         "finetune.detection.class_ranges: 'bus' is not one of"),
+        (lambda p: p["finetune"]["detection"].update(class_groups=[["car", "barrier"]]),
+         "finetune.detection.class_groups[0][1]: 'barrier' is not one of"),
     ],
 )
 def test_bad_grid_is_rejected_naming_the_key(params, edit, named):
@@ -89,7 +93,7 @@ def test_schema_enums_name_exactly_the_registries():
     """Each name lives once, in its registry; the schema's enums must list exactly those names."""
     from occbench.config import load_schema
     from occbench.data.converters import CONVERTERS
-    from occbench.data.taxonomy import CLASSES
+    from occbench.data.taxonomy import CLASSES, THING_CLASSES
     from occbench.metrics.occupancy import PROTOCOLS
     from occbench.pretrain import METHODS
     from occbench.tasks import TASKS
@@ -106,5 +110,6 @@ def test_schema_enums_name_exactly_the_registries():
     assert set(defs["schedule"]["properties"]["name"]["enum"]) == set(SCHEDULES)
     assert set(properties["pretrain"]["properties"]["methods"]["properties"]) == set(METHODS)
     assert defs["foreground_classes"]["items"]["enum"] == list(CLASSES)
+    assert defs["thing_class"]["enum"] == list(THING_CLASSES)
     assert set(properties["finetune"]["properties"]["occupancy"]["properties"]["protocol"]["enum"]) == set(PROTOCOLS)
     assert set(properties["finetune"]["required"]) - {"min_loaded_fraction"} == set(TASKS)

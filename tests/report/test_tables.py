@@ -256,3 +256,20 @@ def test_one_table_per_dataset_and_backbone(tmp_path):
         "segmentation_synthetic_base.md",
         "segmentation_synthetic_small.md",
     ]
+
+
+def test_more_metrics_get_their_own_table_beside_the_main_one(tmp_path):
+    """Detection's mAP (the main metric) and NDS (a further one) each make a table; segmentation only its mIoU.
+    The NDS runs are the mIoU runs halved: scratch at 10 % 17.5, at 100 % 26.0."""
+    halved = {key: [value / 2 for value in values] for key, values in MIOU.items()}
+    detection = pd.concat([make_summary().assign(task="detection", metric="mAP"),
+                           make_summary(halved).assign(task="detection", metric="NDS")])
+    paths = write_tables(pd.concat([make_summary(), detection]), {**MAIN_METRICS, "detection": "mAP"}, tmp_path,
+                         method_order=["also", "occ"], more_metrics={"detection": ("NDS",)})
+    assert sorted(path.name for path in paths if path.suffix == ".md") == [
+        "detection_synthetic_small.md", "detection_synthetic_small_nds.md", "segmentation_synthetic_small.md"]
+    main = (tmp_path / "detection_synthetic_small.md").read_text().splitlines()
+    nds = (tmp_path / "detection_synthetic_small_nds.md").read_text().splitlines()
+    assert main[0].startswith("mAP (%) for detection") and nds[0].startswith("NDS (%) for detection")
+    assert main[4].startswith("| scratch | 35.0 ± 12.4 | 52.0 ± 25.4 |")
+    assert nds[4].startswith("| scratch | 17.5 ± 6.2 | 26.0 ± 12.7 |")

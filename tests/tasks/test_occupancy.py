@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -21,7 +20,7 @@ from occbench.tasks.base import FinetuneModel
 from occbench.tasks.occupancy import OccupancyTask
 from model_fixtures import head_output_giving
 from overfitting import overfit, two_default_frames
-from smoke import ROOT, occbench
+from smoke import ROOT, finetune, read_run, run_dir
 
 SETTINGS = load_params(ROOT / "params.yaml")["finetune"]["occupancy"]
 # 8 m x 4 m, 0.25 m voxels: 8 x 4 BEV cells of 1 m at stride 4; occupancy voxels of 0.5 m, 4 along z.
@@ -121,16 +120,11 @@ def _model_miou(model: FinetuneModel, batch: Batch) -> float:
 
 
 def _finetune(source, seed, *extra):
-    return occbench(*extra, "finetune", "--task", "occupancy", "--backbone", "small", "--dataset", "synthetic",
-                    "--source", source, "--label-fraction", "0.5", "--seed", str(seed))
-
-
-def _run_dir(source, seed):
-    return f"results/finetune/occupancy/synthetic/small/{source}/labels_0.5/split_0/seed_{seed}"
+    return finetune("occupancy", source, seed, *extra)
 
 
 def _read(source, seed, name):
-    return json.loads(open(f"{_run_dir(source, seed)}/{name}").read())
+    return read_run("occupancy", source, seed, name)
 
 
 @pytest.mark.slow
@@ -157,7 +151,7 @@ def test_the_occ3d_protocol_scores_fewer_voxels_of_the_same_model(workdir):
         yaml.safe_dump({"finetune": {"occupancy": {"protocol": "occ3d"}}}, handle)
     assert _finetune("scratch", 1) == 0
     openoccupancy = _read("scratch", 1, "metrics.json")
-    os.remove(f"{_run_dir('scratch', 1)}/metrics.json")
+    os.remove(run_dir("occupancy", "scratch", 1) / "metrics.json")
     assert _finetune("scratch", 1, "--params", "occ3d.yaml") == 0
     occ3d = _read("scratch", 1, "metrics.json")
     assert 0 < occ3d["counted_voxels"] < openoccupancy["counted_voxels"]

@@ -21,6 +21,7 @@ from occbench.tasks import TASKS
 from occbench.workflow.grid import Grid
 
 MAIN_METRICS = {name: task.main_metric for name, task in TASKS.items()}
+MORE_METRICS = {name: task.more_metrics for name, task in TASKS.items() if task.more_metrics}
 
 
 def aggregate(grid: Grid, out_dir: Path) -> None:
@@ -39,7 +40,7 @@ def aggregate(grid: Grid, out_dir: Path) -> None:
 def report(grid: Grid, out_dir: Path) -> None:
     summary = read_summary(out_dir / "summary.csv")
     methods = grid.params["grid"]["methods"]
-    write_tables(summary, MAIN_METRICS, out_dir / "tables", method_order=methods)
+    write_tables(summary, MAIN_METRICS, out_dir / "tables", method_order=methods, more_metrics=MORE_METRICS)
     plot_label_efficiency(summary, MAIN_METRICS, out_dir / "figures", method_order=methods)
     plot_pretrain_scaling(summary, MAIN_METRICS, out_dir / "figures", method_order=methods)
     write_pretraining_table(pd.read_csv(out_dir / "pretraining.csv"), out_dir / "tables")

@@ -215,8 +215,21 @@ def write_tables(
     main_metrics: Mapping[str, str],
     out_dir: str | Path,
     method_order: Sequence[str] = (),
+    more_metrics: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Path]:
-    """One table per (task, finetune_dataset, backbone) as {task}_{dataset}_{backbone}.{md,tex,csv}."""
+    """One table per (task, finetune_dataset, backbone) as {task}_{dataset}_{backbone}.{md,tex,csv}, and per
+    metric of ``more_metrics`` (task -> further headline metrics, detection's NDS) one more, its stem ending
+    in _{metric} lower-cased."""
+    written = _write_metric_tables(summary, main_metrics, out_dir, method_order, "")
+    for task, metrics in (more_metrics or {}).items():
+        for metric in metrics:
+            written += _write_metric_tables(summary[summary["task"] == task], {task: metric}, out_dir,
+                                            method_order, f"_{metric.lower()}")
+    return written
+
+
+def _write_metric_tables(summary: pd.DataFrame, main_metrics: Mapping[str, str], out_dir: str | Path,
+                         method_order: Sequence[str], stem_end: str) -> list[Path]:
     written = []
     for (task, dataset, backbone), table in main_metric_rows(summary, main_metrics).groupby(
         list(TABLE_KEYS), sort=True
@@ -239,7 +252,7 @@ def write_tables(
         if unpaired:
             caption += f" {unpaired}"
         header, body = _grid(table, method_order, labels)
-        stem = f"{task}_{dataset}_{backbone}"
+        stem = f"{task}_{dataset}_{backbone}{stem_end}"
         contents = {
             "md": markdown_table(caption, header, body),
             "tex": latex_table(caption, stem, header, body),

@@ -43,6 +43,7 @@ class Task(nn.Module):
     needs: frozenset[str] = frozenset()  # optional batch fields (occbench.data.batch.OPTIONAL_FIELDS)
     needs_bev: bool = False
     main_metric: str
+    more_metrics: tuple[str, ...] = ()  # further headline metrics the report tabulates beside main_metric
 
     def __init__(self, backbone: SparseBackbone, settings: dict, context: TaskContext | None = None):
         super().__init__()
