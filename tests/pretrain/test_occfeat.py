@@ -114,3 +114,32 @@ def test_occfeat_learns_occupancy_and_features_when_over_fitting_two_frames(smok
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
     assert after["occupancy_iou"] > before["occupancy_iou"] + 0.2
     assert after["feature_cosine"] > before["feature_cosine"] + 0.3
+
+
+def test_occfeat_pretrains_through_the_cli_from_the_image_teacher_the_dag_trains(tmp_path, monkeypatch):
+    """image-teacher writes an encoder whose masked-pixel error falls on held-out images; the OccFeat
+    job refuses to start without it, then records it by name and SHA-256, with its pretext metrics."""
+    import json
+
+    import yaml
+
+    from occbench.io import sha256_file
+    from smoke import make_dataset, occbench
+
+    make_dataset(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    overlay = tmp_path / "occfeat.yaml"
+    overlay.write_text(yaml.safe_dump({"grid": {"methods": ["scratch", "occfeat"]}}))
+    extra = ("--params", str(overlay))
+    run = ("--dataset", "synthetic", "--fraction", "1")
+    assert occbench(*extra, "pretrain", "--backbone", "small", "--method", "occfeat", *run) != 0
+    assert occbench(*extra, "image-teacher", "--method", "occfeat", *run) == 0
+    encoder = "results/image_teacher/synthetic/occfeat/pt_1/encoder.pt"
+    teacher_meta = json.loads(Path(encoder).with_name("run_meta.json").read_text())
+    assert teacher_meta["sha256"] == sha256_file(encoder)
+    pretext = teacher_meta["pretext"]
+    assert pretext["final"]["masked_mse"] < pretext["init"]["masked_mse"]
+    assert occbench(*extra, "pretrain", "--backbone", "small", "--method", "occfeat", *run) == 0
+    meta = json.loads(Path("results/pretrain/small/synthetic/occfeat+selfsup_image/pt_1/run_meta.json").read_text())
+    assert meta["teacher"] == {"name": "selfsup_image", "file": encoder, "sha256": sha256_file(encoder)}
+    assert set(meta["pretext"]["final"]) == {"occupancy_iou", "feature_cosine", "bce", "distillation"}
