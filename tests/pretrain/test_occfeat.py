@@ -124,7 +124,8 @@ def test_occfeat_pretrains_through_the_cli_from_the_image_teacher_the_dag_trains
     import yaml
 
     from occbench.io import sha256_file
-    from smoke import make_dataset, occbench
+    from occbench.models.checkpoint import read_checkpoint
+    from smoke import make_dataset, occbench, smoke_params
 
     make_dataset(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -140,6 +141,10 @@ def test_occfeat_pretrains_through_the_cli_from_the_image_teacher_the_dag_trains
     pretext = teacher_meta["pretext"]
     assert pretext["final"]["masked_mse"] < pretext["init"]["masked_mse"]
     assert occbench(*extra, "pretrain", "--backbone", "small", "--method", "occfeat", *run) == 0
-    meta = json.loads(Path("results/pretrain/small/synthetic/occfeat+selfsup_image/pt_1/run_meta.json").read_text())
+    run_dir = Path("results/pretrain/small/synthetic/occfeat+selfsup_image/pt_1")
+    meta = json.loads((run_dir / "run_meta.json").read_text())
     assert meta["teacher"] == {"name": "selfsup_image", "file": encoder, "sha256": sha256_file(encoder)}
     assert set(meta["pretext"]["final"]) == {"occupancy_iou", "feature_cosine", "bce", "distillation"}
+    # the head and the teacher are dropped: the checkpoint holds the backbone's state, all of it
+    saved = read_checkpoint(run_dir / "checkpoint.pt")["backbone"]
+    assert set(saved) == set(SparseBackbone.from_params(smoke_params(), "small").state_dict())
