@@ -119,8 +119,9 @@ class PretrainRun:
     dataset: str
     method: str
     fraction: float
-    # The run whose checkpoint teaches this one (a run of the grid or a pinned file), from
-    # pretrain.methods.<method>.teacher; part of the run's path, tag and digest.
+    # The run whose checkpoint teaches this one (a run of the grid, an image teacher the grid
+    # trains, or a pinned file), from pretrain.methods.<method>.teacher; part of the run's path,
+    # tag and digest.
     teacher: "PretrainRun | PinnedTeacher | ImageTeacherRun | None" = None
 
     @property
