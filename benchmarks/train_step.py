@@ -23,7 +23,7 @@ import yaml
 
 from occbench.cli import main as occbench
 from occbench.config import load_params
-from occbench.workflow.grid import FinetuneRun, PretrainRun, fraction_tag, pretrain_run
+from occbench.workflow.grid import FinetuneRun, ImageTeacherRun, PretrainRun, fraction_tag, pretrain_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,6 +68,8 @@ def main() -> None:
             if isinstance(teacher, PretrainRun) and not teacher.checkpoint.exists():  # untimed: PICTURE's ALSO
                 _verb(files, "pretrain", "--backbone", backbone, "--dataset", dataset, "--method", teacher.method,
                       "--fraction", fraction_tag(teacher.fraction))
+            if isinstance(teacher, ImageTeacherRun) and not teacher.checkpoint.exists():  # untimed: OccFeat's
+                _verb(files, "image-teacher", "--dataset", dataset, "--method", method, "--fraction", "1")
             _verb(files, "pretrain", "--backbone", backbone, "--dataset", dataset, "--method", method,
                   "--fraction", "1")
             finetune = FinetuneRun(args.task, backbone, dataset, 1.0, 0, 0, None)

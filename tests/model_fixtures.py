@@ -1,4 +1,5 @@
-"""Fixtures for model tests: the smoke params, a small batch of synthetic frames, hand-made head outputs."""
+"""Fixtures for model tests: the smoke params, a small batch of synthetic frames, hand-made head outputs,
+and the check that a step trains a student but not its frozen teacher."""
 
 from __future__ import annotations
 
@@ -41,3 +42,26 @@ def head_output_giving(columns, logits):
     output = torch.zeros(1, logits.shape[0] * depth * k * k, logits.shape[2] // k, logits.shape[1] // k)
     output[0, ((c * depth + z) * k + y % k) * k + x % k, y // k, x // k] = logits
     return output
+
+
+def step_leaves_the_teacher_unchanged(model, batch) -> dict:
+    """One AdamW step of a PretrainModel whose method holds a frozen ``teacher``: asserts that the teacher
+    stays in eval mode, is not among the trained parameters and is unchanged, and that the student
+    changes; returns the step's logs."""
+    import torch
+
+    teacher = model.method.teacher
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student_before = model.backbone.stem[0].weight.clone()
+    optimizer = torch.optim.AdamW(model.parameter_groups(), lr=1e-2)
+    model.train()
+    assert not teacher.training  # BatchNorm keeps the teacher's running statistics
+    loss, logs = model(batch, torch.Generator().manual_seed(0))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    assert all(torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items())
+    assert not torch.equal(student_before, model.backbone.stem[0].weight)
+    trainable = {id(p) for group in model.parameter_groups() for p in group["params"]}
+    assert not any(id(p) in trainable for p in teacher.parameters())
+    return logs

@@ -9,8 +9,8 @@ from smoke import SMOKE_ARGS
 
 def test_validate_counts_the_smoke_grid(capsys):
     assert main([*SMOKE_ARGS, "validate"]) == 0
-    # 2 sources x 2 seeds x (2 label splits at 50 %, 1 at 100 %)
-    assert "4 pre-training and 30 fine-tuning runs" in capsys.readouterr().out
+    # 6 sources (scratch and 5 methods) x 2 seeds x (2 label splits at 50 %, 1 at 100 %)
+    assert "5 pre-training and 36 fine-tuning runs" in capsys.readouterr().out
 
 
 def test_bad_params_exit_2_naming_file_and_key(tmp_path, capsys):

@@ -96,6 +96,7 @@ def test_schema_enums_name_exactly_the_registries():
     from occbench.data.taxonomy import CLASSES, THING_CLASSES
     from occbench.metrics.occupancy import PROTOCOLS
     from occbench.pretrain import METHODS
+    from occbench.pretrain.occfeat import DISTILLATIONS
     from occbench.tasks import TASKS
     from occbench.training.optim import OPTIMIZERS, SCHEDULES
     from occbench.workflow.grid import SCRATCH
@@ -109,6 +110,9 @@ def test_schema_enums_name_exactly_the_registries():
     assert set(defs["optimizer"]["properties"]["name"]["enum"]) == set(OPTIMIZERS)
     assert set(defs["schedule"]["properties"]["name"]["enum"]) == set(SCHEDULES)
     assert set(properties["pretrain"]["properties"]["methods"]["properties"]) == set(METHODS)
+    assert set(defs["teacher"]["oneOf"][0]["properties"]["method"]["enum"]) == set(METHODS)
+    occfeat = properties["pretrain"]["properties"]["methods"]["properties"]["occfeat"]["properties"]
+    assert tuple(occfeat["distillation"]["enum"]) == DISTILLATIONS
     assert defs["foreground_classes"]["items"]["enum"] == list(CLASSES)
     assert defs["thing_class"]["enum"] == list(THING_CLASSES)
     assert set(properties["finetune"]["properties"]["occupancy"]["properties"]["protocol"]["enum"]) == set(PROTOCOLS)

@@ -43,6 +43,14 @@ def _pretrain(args, params) -> None:
     pretrain(params, pretrain_run(params, args.backbone, args.dataset, args.method, args.fraction))
 
 
+def _image_teacher(args, params) -> None:
+    from occbench.pretrain.image_teacher import train_image_teacher
+    from occbench.workflow.grid import ImageTeacherRun
+
+    meta = train_image_teacher(params, ImageTeacherRun(args.dataset, args.method, args.fraction))
+    print({"sha256": meta["sha256"], **meta["pretext"]})
+
+
 def _finetune(args, params) -> None:
     from occbench.tasks.job import finetune
 
@@ -116,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     verb.add_argument("--fraction", type=float, required=True)
     _processes_option(verb)
     verb.set_defaults(handler=_pretrain)
+
+    verb = verbs.add_parser("image-teacher", help="train the self-supervised image teacher of a method (OccFeat) "
+                                                  "on the camera images of a pre-training split")
+    verb.add_argument("--dataset", required=True)
+    verb.add_argument("--method", required=True, help="the method whose teacher.self_supervised settings it follows")
+    verb.add_argument("--fraction", type=float, required=True)
+    verb.set_defaults(handler=_image_teacher)
 
     verb = verbs.add_parser("finetune", help="fine-tune one downstream run and evaluate it")
     verb.add_argument("--task", required=True)

@@ -36,9 +36,9 @@ def test_repro_then_param_change_shows_changed_cells(project_copy):
     assert "pretrain-small-synthetic-also-pt_1.tsv" in step_curves
     assert "finetune-segmentation-synthetic-small-scratch-labels_0.5-split_1-seed_0.tsv" in step_curves
     assert "pretrain-small-synthetic-picture+also-pt_1.tsv" in step_curves
-    # 4 pre-trainings (ALSO, Occupancy-MAE, PICTURE, SPOT); 5 sources x 2 seeds x (2 label splits at 50 %,
-    # 1 at 100 %)
-    assert len(step_curves) == 4 + 5 * 2 * (2 + 1)
+    # 5 pre-trainings (ALSO, OccFeat, Occupancy-MAE, PICTURE, SPOT; not OccFeat's image teacher);
+    # 6 sources x 2 seeds x (2 label splits at 50 %, 1 at 100 %)
+    assert len(step_curves) == 5 + 6 * 2 * (2 + 1)
     rendered = plots["reports/curves/epochs/pretrain-small-synthetic-also-pt_1.tsv"][0]["content"]
     assert rendered["encoding"]["x"]["field"] == "epoch" and rendered["data"]["values"][0]["loss"]
     _run(project_copy, "git", "add", "-A")
@@ -58,7 +58,8 @@ def test_repro_then_param_change_shows_changed_cells(project_copy):
              if key.endswith(".mean") and change["diff"] not in (0, None)}
     prefix = "segmentation.synthetic.small"
     assert cells == {f"{prefix}.{row}.{labels}"
-                     for row in ("scratch", "also@synthetic_pt_100pct", "occupancy_mae@synthetic_pt_100pct",
+                     for row in ("scratch", "also@synthetic_pt_100pct", "occfeat+selfsup_image@synthetic_pt_100pct",
+                                 "occupancy_mae@synthetic_pt_100pct",
                                  "picture+also@synthetic_pt_100pct", "spot@synthetic_pt_100pct")
                      for labels in ("labels_50pct", "labels_100pct")}
     # the pre-training did not depend on the fine-tuning lr: Snakemake kept its checkpoint

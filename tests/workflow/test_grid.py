@@ -175,9 +175,9 @@ def test_a_student_digest_follows_its_teacher_and_not_the_reverse():
     assert pretrain_digest(params, student) != after["picture+also"]
 
 
-@pytest.mark.slow
-def test_snakemake_runs_a_teacher_before_its_student(tmp_path):
-    """The literal dry run: PICTURE's job reads ALSO's checkpoint, so ALSO's job is planned first."""
+def dry_run_jobs(tmp_path, methods: list[str]) -> list[tuple[str, dict[str, str]]]:
+    """(rule, its fields) of the image_teacher and pretrain jobs of a literal `snakemake -n` on the smoke
+    grid with grid.methods = ``methods``, in the order planned."""
     import subprocess
     import sys
 
@@ -186,13 +186,19 @@ def test_snakemake_runs_a_teacher_before_its_student(tmp_path):
     from conftest import copy_project
 
     project = copy_project(tmp_path / "project")
-    (project / "taught.yaml").write_text(yaml.safe_dump({"grid": {"methods": ["scratch", "picture"]}}))
+    (project / "methods.yaml").write_text(yaml.safe_dump({"grid": {"methods": methods}}))
     bin_dir = Path(sys.executable).parent
-    result = subprocess.run([str(bin_dir / "snakemake"), "-n", "--cores", "1", "--configfile", "taught.yaml"],
+    result = subprocess.run([str(bin_dir / "snakemake"), "-n", "--cores", "1", "--configfile", "methods.yaml"],
                             cwd=project, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    jobs = re.findall(r"^rule pretrain:\n((?:    .*\n)+)", result.stdout, flags=re.M)
-    fields = [dict(re.findall(r"^    (\w+): (.*)$", job, flags=re.M)) for job in jobs]
+    jobs = re.findall(r"^rule (image_teacher|pretrain):\n((?:    .*\n)+)", result.stdout, flags=re.M)
+    return [(rule, dict(re.findall(r"^    (\w+): (.*)$", job, flags=re.M))) for rule, job in jobs]
+
+
+@pytest.mark.slow
+def test_snakemake_runs_a_teacher_before_its_student(tmp_path):
+    """The literal dry run: PICTURE's job reads ALSO's checkpoint, so ALSO's job is planned first."""
+    fields = [job for _, job in dry_run_jobs(tmp_path, ["scratch", "picture"])]
     teacher = "results/pretrain/small/synthetic/also/pt_1/checkpoint.pt"
     assert [job["output"] for job in fields] == [
         teacher, "results/pretrain/small/synthetic/picture+also/pt_1/checkpoint.pt"]
@@ -206,3 +212,49 @@ def test_a_fraction_read_back_from_its_path_samples_as_the_fraction():
     assert [fraction_tag(f) for f in (1.0, 0.1, 0.01, 0.5)] == ["1", "0.1", "0.01", "0.5"]
     back = float(fraction_tag(1 / 6))
     assert sampling_stride(back) == 6 and subset_size(back, 18) == 3
+
+
+def occfeat_params(fractions=(1.0,)):
+    """The smoke grid with OccFeat, whose image teacher the DAG trains."""
+    params = smoke_params()
+    params["grid"].update(methods=["scratch", "occfeat"], pretrain_fractions=list(fractions), backbones=["small", "base"])
+    return params
+
+
+def test_occfeat_reads_the_image_teacher_of_its_dataset_and_fraction_whatever_the_backbone():
+    from occbench.workflow.grid import ImageTeacherRun
+
+    grid = Grid(occfeat_params(fractions=(0.5, 1.0)))
+    assert grid.image_teacher_runs == [ImageTeacherRun("synthetic", "occfeat", 0.5),
+                                       ImageTeacherRun("synthetic", "occfeat", 1.0)]
+    student = grid.pretrain_run_at("base", "synthetic", "occfeat+selfsup_image", 1.0)
+    assert student.teacher_file == Path("results/image_teacher/synthetic/occfeat/pt_1/encoder.pt")
+    assert student.checkpoint == Path("results/pretrain/base/synthetic/occfeat+selfsup_image/pt_1/checkpoint.pt")
+    assert grid.image_teacher_run_at("synthetic", "occfeat", 0.5) == grid.image_teacher_runs[0]
+    with pytest.raises(ValueError, match="occfeat/pt_0.25/encoder.pt: no image-teacher run of the grid"):
+        grid.image_teacher_run_at("synthetic", "occfeat", 0.25)
+
+
+def test_an_occfeat_digest_follows_its_image_teacher_settings_and_not_the_reverse():
+    from occbench.workflow.grid import image_teacher_digest, pretrain_digest
+
+    params = occfeat_params()
+    grid = Grid(params)
+    (teacher,), student = grid.image_teacher_runs, grid.pretrain_runs[0]
+    before = (image_teacher_digest(params, teacher), pretrain_digest(params, student))
+    params["pretrain"]["methods"]["occfeat"]["teacher"]["self_supervised"]["mask_ratio"] = 0.75
+    after = (image_teacher_digest(params, teacher), pretrain_digest(params, student))
+    assert before[0] != after[0] and before[1] != after[1]
+    params["pretrain"]["methods"]["occfeat"]["feature_weight"] = 2.0
+    assert image_teacher_digest(params, teacher) == after[0]
+    assert pretrain_digest(params, student) != after[1]
+
+
+@pytest.mark.slow
+def test_snakemake_trains_the_image_teacher_before_occfeat(tmp_path):
+    """The literal dry run: OccFeat's job reads the image teacher's encoder, planned first."""
+    fields = dry_run_jobs(tmp_path, ["scratch", "occfeat"])
+    encoder = "results/image_teacher/synthetic/occfeat/pt_1/encoder.pt"
+    assert [(rule, job["output"]) for rule, job in fields] == [
+        ("image_teacher", encoder), ("pretrain", "results/pretrain/small/synthetic/occfeat+selfsup_image/pt_1/checkpoint.pt")]
+    assert encoder in fields[1][1]["input"].split(", ")

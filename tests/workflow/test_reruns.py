@@ -65,6 +65,7 @@ def finished_grid(tmp_path_factory) -> Path:
     grid = Grid(yaml.safe_load((project / "params.yaml").read_text()))
     outputs = [index_path(name) for name in grid.datasets]
     outputs += [split_path(*spec) for spec in grid.splits]
+    outputs += [run.checkpoint for run in grid.image_teacher_runs]
     outputs += [run.checkpoint for run in grid.pretrain_runs] + [run.metrics for run in grid.finetune_runs]
     outputs += [Path("reports") / name for name in ("metrics.json", "summary.csv", "runs.csv", "pretraining.csv")]
     for path in outputs:
@@ -126,6 +127,18 @@ def test_editing_one_methods_settings_reruns_that_method_its_students_and_their_
     jobs = planned(project, "--configfile", picture)
     assert jobs["pretrain"] == {"results/pretrain/small/synthetic/picture+also/pt_1/checkpoint.pt"}
     assert jobs["finetune"] == {str(run.metrics) for run in grid.finetune_runs if run.method == "picture+also"}
+
+
+def test_editing_the_image_teacher_reruns_it_occfeat_and_its_finetunes_only(project):
+    grid = grid_of(project)
+    teacher = overlay(project, "teacher.yaml", {"pretrain": {"methods": {"occfeat": {"teacher": {
+        "self_supervised": {"mask_ratio": 0.75}}}}}})
+    jobs = planned(project, "--configfile", teacher)
+    assert set(jobs) == {"image_teacher", "pretrain", "finetune", "aggregate", "report", "all"}
+    assert jobs["image_teacher"] == {"results/image_teacher/synthetic/occfeat/pt_1/encoder.pt"}
+    assert jobs["pretrain"] == {"results/pretrain/small/synthetic/occfeat+selfsup_image/pt_1/checkpoint.pt"}
+    assert jobs["finetune"] == {str(run.metrics) for run in grid.finetune_runs
+                                if run.method == "occfeat+selfsup_image"}
 
 
 def test_label_sampling_reruns_label_splits_and_finetunes_not_pretraining(project):

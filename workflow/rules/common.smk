@@ -10,6 +10,7 @@ from occbench.workflow.grid import (
     PATTERNS,
     dataset_digest,
     finetune_digest,
+    image_teacher_digest,
     pretrain_digest,
     split_digest,
 )
@@ -22,8 +23,14 @@ def pretrain_run(wildcards):
     return GRID.pretrain_run_at(wildcards.backbone, wildcards.dataset, wildcards.method, float(wildcards.fraction))
 
 
+def image_teacher_run(wildcards):
+    """The image-teacher run whose encoder path the wildcards name ({method}: the method it teaches)."""
+    return GRID.image_teacher_run_at(wildcards.dataset, wildcards.method, float(wildcards.fraction))
+
+
 def teacher_checkpoint(wildcards):
-    """The checkpoint a pre-training run learns from (a teacher run's, or a pinned file); none for most."""
+    """The checkpoint a pre-training run learns from (a teacher run's, an image teacher's or a pinned
+    file); none for most."""
     teacher = pretrain_run(wildcards).teacher_file
     return [str(teacher)] if teacher else []
 

@@ -104,17 +104,18 @@ class OccupancyColumns:
         self.grid = {"range": [float(v) for v in occupancy["range"]],
                      "voxel_size": [float(v) for v in occupancy["voxel_size"]]}
         point_range, voxel = self.grid["range"], self.grid["voxel_size"]
-        shape = tuple(round((point_range[axis + 3] - point_range[axis]) / voxel[axis]) for axis in range(3))
-        self.k = upsampling(BevLayout.of_backbone(backbone), self.grid, shape, who)
-        self.depth = shape[2]  # voxels along z: the logits of a column
+        self.shape = tuple(round((point_range[axis + 3] - point_range[axis]) / voxel[axis]) for axis in range(3))
+        self.k = upsampling(BevLayout.of_backbone(backbone), self.grid, self.shape, who)
+        self.depth = self.shape[2]  # voxels along z: the logits of a column
 
-    def head(self, bev_channels: int, hidden: int) -> nn.Sequential:
-        """The light head whose output ``logits`` unfolds: 3x3 conv, BN, ReLU, 1x1 conv to every column's logits."""
+    def head(self, bev_channels: int, hidden: int, channels: int = OCCUPANCY_CLASSES) -> nn.Sequential:
+        """The light head whose output ``unfold`` turns into ``channels`` values per voxel (class logits by
+        default): 3x3 conv, BN, ReLU, 1x1 conv to every column's values."""
         return nn.Sequential(
             nn.Conv2d(bev_channels, hidden, 3, padding=1, bias=False),
             nn.BatchNorm2d(hidden),
             nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, self.k * self.k * self.depth * OCCUPANCY_CLASSES, 1),
+            nn.Conv2d(hidden, self.k * self.k * self.depth * channels, 1),
         )
 
     def logits(self, head_output: torch.Tensor, output: BackboneOutput, batch: Batch) -> torch.Tensor:
@@ -126,6 +127,10 @@ class OccupancyColumns:
         if upsampling(layout, batch.occupancy_grid, tuple(batch.occupancy.shape[1:]), self.who) != self.k:
             raise ValueError(f"{self.who} was built for {self.k} x {self.k} occupancy columns per BEV cell; this "
                              f"backbone's BEV map has other cells ({layout.described})")
-        shuffled = F.pixel_shuffle(head_output, self.k)  # (B, classes * Z, Y, X)
+        return self.unfold(head_output, OCCUPANCY_CLASSES)
+
+    def unfold(self, head_output: torch.Tensor, channels: int) -> torch.Tensor:
+        """The head's output (B, k * k * Z * channels, Y / k, X / k) as a volume (B, channels, X, Y, Z)."""
+        shuffled = F.pixel_shuffle(head_output, self.k)  # (B, channels * Z, Y, X)
         b, _, y, x = shuffled.shape
-        return shuffled.reshape(b, OCCUPANCY_CLASSES, self.depth, y, x).permute(0, 1, 4, 3, 2)
+        return shuffled.reshape(b, channels, self.depth, y, x).permute(0, 1, 4, 3, 2)

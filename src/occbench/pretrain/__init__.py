@@ -7,12 +7,14 @@ It owns its heads; only the backbone's weights are kept after pre-training.
 """
 
 from occbench.pretrain.also import ALSO
+from occbench.pretrain.occfeat import OccFeat
 from occbench.pretrain.occupancy_mae import OccupancyMAE
 from occbench.pretrain.picture import PICTURE
 from occbench.pretrain.spot import SPOT
 
 METHODS = {
     "also": ALSO,
+    "occfeat": OccFeat,
     "occupancy_mae": OccupancyMAE,
     "picture": PICTURE,
     "spot": SPOT,

@@ -26,13 +26,14 @@ PRETEXT_STREAM = 2**32 - 1  # the random stream of held-out pretext metrics, apa
 
 
 @torch.no_grad()
-def pretext_metrics(model: PretrainModel, index: FrameIndex, frame_ids: list[str], seed: int,
-                    device: torch.device, workers: int) -> dict[str, float]:
-    """The method's pretext metrics on held-out frames: each the mean over frames of its value on
-    one frame (a frame at a time), with random streams fixed by (seed, frame position)."""
+def pretext_metrics(model: torch.nn.Module, needs: frozenset[str], index: FrameIndex, frame_ids: list[str],
+                    seed: int, device: torch.device, workers: int) -> dict[str, float]:
+    """A model's pretext metrics (``model.pretext_metrics(batch, generator)``, reading the batch fields
+    ``needs``) on held-out frames: each the mean over frames of its value on one frame (a frame at a
+    time), with random streams fixed by (seed, frame position)."""
     model.eval()
     per_frame: dict[str, list[float]] = {}
-    loader = evaluation_loader(index, frame_ids, 1, model.method.needs, workers)
+    loader = evaluation_loader(index, frame_ids, 1, needs, workers)
     for position, batch in enumerate(loader):
         generator = torch.Generator().manual_seed(step_seed(seed, PRETEXT_STREAM, position))
         for key, value in model.pretext_metrics(batch.to(device), generator).items():
@@ -80,12 +81,12 @@ def pretrain(params: dict, run: PretrainRun) -> None:
 
     started = time.perf_counter()
     workers = execution["loader_workers"]
-    pretext_init = pretext_metrics(model.to(device), index, val_ids, settings["seed"], device, workers) \
+    pretext_init = pretext_metrics(model.to(device), needs, index, val_ids, settings["seed"], device, workers) \
         if ddp.is_main else {}
     result = fit(model, dataset, needs, config, execution, run.directory, resume_key, desc=run.method)
     if not ddp.is_main:
         return
-    pretext_final = pretext_metrics(model, index, val_ids, settings["seed"], device, workers)
+    pretext_final = pretext_metrics(model, needs, index, val_ids, settings["seed"], device, workers)
     trained = sorted(name.removeprefix("backbone.") for name in result.trained_parameters
                      if name.startswith("backbone."))
     meta = {

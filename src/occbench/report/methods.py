@@ -14,7 +14,7 @@ from pathlib import Path
 from occbench.io import write_text
 from occbench.pretrain import METHODS
 from occbench.report.tables import latex_table, markdown_table
-from occbench.workflow.grid import PinnedTeacher, PretrainRun
+from occbench.workflow.grid import IMAGE_TEACHER, ImageTeacherRun, PinnedTeacher, PretrainRun
 
 CAPTION = ("Pre-training methods of the grid: every one an occbench re-implementation on the shared backbone; "
            "the paper it follows and what differs (in full in the method's docstring).")
@@ -26,6 +26,8 @@ def _teacher(run: PretrainRun) -> str:
         return "–"
     if isinstance(run.teacher, PinnedTeacher):
         return f"{run.teacher.name} (file {run.teacher.weights}, sha256 {run.teacher.sha256[:12]}…)"
+    if isinstance(run.teacher, ImageTeacherRun):
+        return f"{IMAGE_TEACHER} (image encoder trained self-supervised on the camera images, a job of the grid)"
     return f"{run.teacher.variant} (run of the grid)"
 
 

@@ -33,6 +33,7 @@ PATTERNS = {
     "pretrain_split": "results/data/{dataset}/splits/pretrain_{fraction}.txt",
     "label_split": "results/data/{dataset}/splits/labels_{fraction}_split_{split_seed}.txt",
     "checkpoint": "results/pretrain/{backbone}/{dataset}/{method}/pt_{fraction}/checkpoint.pt",
+    "image_teacher": "results/image_teacher/{dataset}/{method}/pt_{fraction}/encoder.pt",
     "metrics": "results/finetune/{task}/{dataset}/{backbone}/{source}/labels_{fraction}/split_{split_seed}/"
                "seed_{seed}/metrics.json",
 }
@@ -71,6 +72,8 @@ def split_path(dataset: str, subset: str, fraction: float, split_seed: int | Non
 # Between a method and its teacher's name in the method's path component and tag:
 # picture+also is PICTURE taught by ALSO's run of the same backbone, dataset and fraction.
 TEACHER_SEPARATOR = "+"
+# The teacher name of an image encoder the DAG trains (ImageTeacherRun): occfeat+selfsup_image.
+IMAGE_TEACHER = "selfsup_image"
 
 
 @dataclass(frozen=True)
@@ -83,14 +86,43 @@ class PinnedTeacher:
 
 
 @dataclass(frozen=True)
+class ImageTeacherRun:
+    """An image encoder the DAG trains self-supervised on the camera images of a pre-training split
+    (occbench image-teacher), for the method whose settings describe it
+    (pretrain.methods.<method>.teacher.self_supervised); no backbone: any backbone's run reads it."""
+
+    dataset: str
+    method: str
+    fraction: float
+
+    @property
+    def checkpoint(self) -> Path:
+        return Path(PATTERNS["image_teacher"].format(dataset=self.dataset, method=self.method,
+                                                     fraction=fraction_tag(self.fraction)))
+
+    @property
+    def directory(self) -> Path:
+        return self.checkpoint.parent
+
+    def settings(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Its training settings; a ValueError if the method's teacher is not a self-supervised image encoder."""
+        spec = params["pretrain"]["methods"][self.method].get("teacher") or {}
+        if "self_supervised" not in spec:
+            raise ValueError(f"pretrain.methods.{self.method}.teacher is not a self-supervised image encoder "
+                             "(self_supervised: {...})")
+        return spec["self_supervised"]
+
+
+@dataclass(frozen=True)
 class PretrainRun:
     backbone: str
     dataset: str
     method: str
     fraction: float
-    # The run whose checkpoint teaches this one (a run of the grid or a pinned file), from
-    # pretrain.methods.<method>.teacher; part of the run's path, tag and digest.
-    teacher: "PretrainRun | PinnedTeacher | None" = None
+    # The run whose checkpoint teaches this one (a run of the grid, an image teacher the grid
+    # trains, or a pinned file), from pretrain.methods.<method>.teacher; part of the run's path,
+    # tag and digest.
+    teacher: "PretrainRun | PinnedTeacher | ImageTeacherRun | None" = None
 
     @property
     def variant(self) -> str:
@@ -122,10 +154,13 @@ class PretrainRun:
         return self.teacher.weights if isinstance(self.teacher, PinnedTeacher) else self.teacher.checkpoint
 
 
-def teacher_name(teacher: "PretrainRun | PinnedTeacher", student_fraction: float) -> str:
-    """A pinned file by its name; a run by its variant, with its fraction when it is not the student's."""
+def teacher_name(teacher: "PretrainRun | PinnedTeacher | ImageTeacherRun", student_fraction: float) -> str:
+    """A pinned file by its name, an image teacher of the DAG as IMAGE_TEACHER; a run by its variant,
+    with its fraction when it is not the student's."""
     if isinstance(teacher, PinnedTeacher):
         return teacher.name
+    if isinstance(teacher, ImageTeacherRun):
+        return IMAGE_TEACHER
     if teacher.fraction == student_fraction:
         return teacher.variant
     return f"{teacher.variant}_pt{fraction_tag(teacher.fraction)}"
@@ -134,9 +169,11 @@ def teacher_name(teacher: "PretrainRun | PinnedTeacher", student_fraction: float
 def pretrain_run(params: dict[str, Any], backbone: str, dataset: str, method: str, fraction: float) -> PretrainRun:
     """The pre-training run of ``method``, with the teacher (and its teachers) its settings name."""
     spec = params["pretrain"]["methods"][method].get("teacher")
-    teacher: PretrainRun | PinnedTeacher | None = None
+    teacher: PretrainRun | PinnedTeacher | ImageTeacherRun | None = None
     if spec is not None and "weights" in spec:
         teacher = PinnedTeacher(spec["name"], Path(spec["weights"]), spec["sha256"])
+    elif spec is not None and "self_supervised" in spec:
+        teacher = ImageTeacherRun(dataset, method, fraction)
     elif spec is not None:
         teacher = pretrain_run(params, backbone, dataset, spec["method"], spec.get("fraction", fraction))
     return PretrainRun(backbone, dataset, method, fraction, teacher)
@@ -231,6 +268,8 @@ class Grid:
             if method != SCRATCH
             for teacher_first in _with_teachers(pretrain_run(params, backbone, transfer["pretrain"], method, fraction))
         ))
+        self.image_teacher_runs: list[ImageTeacherRun] = list(dict.fromkeys(
+            run.teacher for run in self.pretrain_runs if isinstance(run.teacher, ImageTeacherRun)))
         self.finetune_runs: list[FinetuneRun] = list(dict.fromkeys(self._finetune_runs()))
         self._pretrain_by_tag = {(run.backbone, run.tag): run for run in self.pretrain_runs}
         self._pretrain_by_path = {run.checkpoint: run for run in self.pretrain_runs}
@@ -297,6 +336,13 @@ class Grid:
             return self._pretrain_by_path[path]
         except KeyError:
             raise ValueError(f"{path}: no pre-training run of the grid writes this checkpoint") from None
+
+    def image_teacher_run_at(self, dataset: str, method: str, fraction: float) -> ImageTeacherRun:
+        """The image-teacher run whose checkpoint path has these wildcards (a rule's job)."""
+        run = ImageTeacherRun(dataset, method, fraction)
+        if run not in self.image_teacher_runs:
+            raise ValueError(f"{run.checkpoint}: no image-teacher run of the grid writes this checkpoint")
+        return run
 
     def finetune_run(self, task: str, backbone: str, finetune_dataset: str, source: str,
                      label_fraction: float, seed: int, label_split_seed: int) -> FinetuneRun:
@@ -401,9 +447,26 @@ def pretrain_inputs(params: dict[str, Any], run: PretrainRun) -> dict[str, Any]:
     }
     if isinstance(run.teacher, PinnedTeacher):
         inputs["teacher"] = {"sha256": run.teacher.sha256}
+    elif isinstance(run.teacher, ImageTeacherRun):
+        inputs["teacher"] = {"image_teacher_digest": image_teacher_digest(params, run.teacher)}
     elif run.teacher is not None:
         inputs["teacher"] = {"pretrain_digest": pretrain_digest(params, run.teacher)}
     return inputs
+
+
+def image_teacher_inputs(params: dict[str, Any], run: ImageTeacherRun) -> dict[str, Any]:
+    """What training an image teacher reads: its settings, the pre-training seed, its dataset and split,
+    the augmentation and point budget of the training frames, and mixed precision."""
+    return {
+        "run": {"dataset": run.dataset, "method": run.method, "fraction": run.fraction},
+        "settings": run.settings(params),
+        "seed": params["pretrain"]["seed"],
+        "augmentation": params["augmentation"],
+        "max_points": params["voxelization"]["max_points"],
+        "dataset": params["datasets"][run.dataset],
+        "split": split_inputs(params, "pretrain"),
+        "amp": params["execution"]["amp"],
+    }
 
 
 def finetune_inputs(params: dict[str, Any], run: FinetuneRun) -> dict[str, Any]:
@@ -443,6 +506,11 @@ def split_digest(params: dict[str, Any], subset: str, split_seed: int | None = N
 def pretrain_digest(params: dict[str, Any], run: PretrainRun) -> str:
     """Re-run trigger and resume key of a pre-training run."""
     return digest(pretrain_inputs(params, run))
+
+
+def image_teacher_digest(params: dict[str, Any], run: ImageTeacherRun) -> str:
+    """Re-run trigger and resume key of an image-teacher run."""
+    return digest(image_teacher_inputs(params, run))
 
 
 def finetune_digest(params: dict[str, Any], run: FinetuneRun) -> str:
