@@ -1,0 +1,201 @@
+"""Bad input and faults, through the real CLI: each kind is refused with a message naming the file and
+the problem, exit code 2 and no traceback, and nothing on disk added or changed.
+
+CATALOGUE is the README's table "Bad input and faults", row for row: a row without a test here, or a
+test without a row, fails ``test_the_readme_table_is_the_catalogue``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from occbench.cli import main
+from occbench.models.backbone import SparseBackbone
+from occbench.models.checkpoint import save_checkpoint
+from smoke import ROOT, SMOKE_ARGS, smoke_params
+
+CATALOGUE = [
+    ("params-unknown-key", "params: an unknown key"),
+    ("params-wrong-type", "params: a value of the wrong type"),
+    ("params-out-of-range", "params: a value out of range"),
+    ("params-fractions-not-nested", "params: fractions that do not nest"),
+    ("params-transfer-unknown", "params: a transfer naming a dataset not defined"),
+    ("params-teacher-unknown", "params: a teacher naming a method not defined"),
+    ("params-teacher-off-grid", "params: a teacher at a fraction not in the grid"),
+    ("params-no-scratch", "params: a grid without scratch"),
+    ("checkpoint-missing", "checkpoint: missing"),
+    ("checkpoint-truncated", "checkpoint: truncated"),
+    ("checkpoint-not-a-checkpoint", "checkpoint: not an occbench checkpoint"),
+    ("checkpoint-other-backbone", "checkpoint: of another backbone"),
+    ("checkpoint-other-grid", "checkpoint: of another voxel grid"),
+    ("checkpoint-pickled-code", "checkpoint: a pickled object that would run code"),
+]
+
+# (overlay on the smoke grid, what the message names after the file: the key path and the problem)
+PARAMS = {
+    "params-unknown-key": ({"grid": {"methodz": ["also"]}},
+                           "grid: Additional properties are not allowed ('methodz' was unexpected)"),
+    "params-wrong-type": ({"grid": {"seeds": "0"}}, "grid.seeds: '0' is not of type 'array'"),
+    "params-out-of-range": ({"grid": {"label_fractions": [0.1, 1.5]}},
+                            "grid.label_fractions[1]: 1.5 is greater than the maximum of 1"),
+    "params-fractions-not-nested": ({"grid": {"pretrain_fractions": [0.2, 0.5, 1.0]}},
+                                    "splits.pretrain_sampling: interval sampling with strides 2 and 5"),
+    "params-transfer-unknown": ({"grid": {"transfers": [{"pretrain": "lyft", "finetune": "synthetic"}]}},
+                                "grid.transfers[0].pretrain: dataset 'lyft' is not defined under datasets"),
+    "params-teacher-unknown": ({"pretrain": {"methods": {"picture": {"teacher": {"method": "byol"}}}}},
+                               "pretrain.methods.picture.teacher: {'method': 'byol'} is not valid"),
+    "params-teacher-off-grid": ({"pretrain": {"methods": {"picture": {"teacher": {"method": "also",
+                                                                                  "fraction": 0.5}}}}},
+                                "pretrain.methods.picture.teacher.fraction: 0.5 is not one of "
+                                "grid.pretrain_fractions [1.0]"),
+    "params-no-scratch": ({"grid": {"methods": ["also"]}}, "grid.methods: ['also'] lacks 'scratch'"),
+}
+
+# A grid of one fine-tuning run from ALSO's checkpoint, on a world of two frames.
+TINY_WORLD = {
+    "grid": {"methods": ["scratch", "also"], "pretrain_fractions": [1.0], "label_fractions": [1.0],
+             "seeds": [0], "label_split_seeds": [0]},
+    "datasets": {"synthetic": {"num_scenes": 2, "frames_per_scene": 1, "val_fraction": 0.5,
+                               "occupancy": None, "cameras": []}},
+}
+CHECKPOINT = Path("results/pretrain/small/synthetic/also/pt_1/checkpoint.pt")
+FINETUNE = ["finetune", "--task", "segmentation", "--backbone", "small", "--dataset", "synthetic",
+            "--source", "also-synthetic-pt_1", "--label-fraction", "1", "--seed", "0"]
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under ``root`` with the SHA-256 of its bytes: what 'nothing lost or added' compares."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def refused(argv: list[str], capsys, *named: str) -> str:
+    """Run the CLI on ``argv``: exit code 2, a one-line error naming each of ``named``, no traceback."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and " error: " in err, err
+    for fragment in named:
+        assert fragment in err, f"{fragment!r} not in:\n{err}"
+    return err
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A converted two-frame world and its label split, and the CLI options that read its grid."""
+    root = tmp_path_factory.mktemp("world")
+    (root / "tiny.yaml").write_text(yaml.safe_dump(TINY_WORLD))
+    args = [*SMOKE_ARGS, "--params", str(root / "tiny.yaml")]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        assert main([*args, "convert", "--dataset", "synthetic"]) == 0
+        assert main([*args, "split", "--dataset", "synthetic", "--subset", "labels", "--fraction", "1",
+                     "--split-seed", "0"]) == 0
+    return root, args
+
+
+def tiny_params() -> dict:
+    params = smoke_params()
+    for key, value in TINY_WORLD.items():
+        params[key] = {**params[key], **value}
+    return params
+
+
+def write_checkpoint(path: Path, backbone: str = "small", **meta_overrides) -> None:
+    """A checkpoint as pre-training writes it (its meta records the backbone and voxel grid)."""
+    params = tiny_params()
+    model = SparseBackbone.from_params(params, backbone)
+    meta = {"backbone_spec": params["backbones"][backbone], "voxelization": params["voxelization"],
+            **meta_overrides}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, model, meta, {name for name, _ in model.named_parameters()})
+
+
+class RunsCode:
+    """Unpickling it touches ``marker``: the code a checkpoint from an untrusted source could carry."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def bad_checkpoint(kind: str, path: Path) -> tuple[str, ...]:
+    """Write the bad checkpoint of ``kind`` at ``path``; what the refusal must name besides the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "checkpoint-missing":
+        return ("No such file or directory",)
+    if kind == "checkpoint-truncated":
+        write_checkpoint(path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        return ("cannot read as a checkpoint",)
+    if kind == "checkpoint-not-a-checkpoint":
+        torch.save({"weights": torch.zeros(3)}, path)
+        return ("not an occbench checkpoint (no 'backbone' state dict)",)
+    if kind == "checkpoint-other-backbone":
+        write_checkpoint(path, "base")
+        return ("checkpoint's backbone {'channels': [32, 64, 128], 'bev_channels': 128}",
+                "is not the fine-tuning run's {'channels': [16, 32, 64], 'bev_channels': 64}")
+    if kind == "checkpoint-other-grid":  # moved 10 m in x: every weight keeps its shape
+        voxelization = tiny_params()["voxelization"]
+        low_x, high_x = voxelization["point_cloud_range"][0], voxelization["point_cloud_range"][3]
+        moved = [low_x + 10, *voxelization["point_cloud_range"][1:3], high_x + 10,
+                 *voxelization["point_cloud_range"][4:]]
+        write_checkpoint(path, voxelization={**voxelization, "point_cloud_range": moved})
+        return (f"checkpoint's voxel grid VoxelGrid(point_cloud_range={tuple(map(float, moved))}",
+                "is not the fine-tuning run's VoxelGrid(point_cloud_range="
+                f"{tuple(map(float, voxelization['point_cloud_range']))}")
+    if kind == "checkpoint-pickled-code":
+        torch.save({"backbone": {}, "payload": RunsCode(path.with_name("ran"))}, path)
+        return ("cannot read as a checkpoint", "Weights only load failed")
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(("kind", "text"), CATALOGUE, ids=[kind for kind, _ in CATALOGUE])
+def test_fault_is_refused_naming_file_and_problem(kind, text, world, tmp_path, monkeypatch, capsys):
+    if kind in PARAMS:
+        overlay, named = PARAMS[kind]
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(yaml.safe_dump(overlay))
+        before = snapshot(tmp_path)
+        monkeypatch.chdir(tmp_path)
+        refused([*SMOKE_ARGS, "--params", str(bad), "validate"], capsys, f"{bad}: {named}")
+        assert snapshot(tmp_path) == before
+        return
+    root, args = world
+    monkeypatch.chdir(root)
+    named = bad_checkpoint(kind, CHECKPOINT)
+    before = snapshot(root)
+    refused([*args, *FINETUNE], capsys, str(CHECKPOINT), *named)
+    assert snapshot(root) == before  # no run folder, no metrics; the checkpoint and the dataset as they were
+    assert not CHECKPOINT.with_name("ran").exists()  # the pickled code never ran
+    CHECKPOINT.unlink(missing_ok=True)
+
+
+def test_the_pickled_payload_is_live(tmp_path):
+    """The pickled-code case proves something only if unpickling the file without weights_only runs it."""
+    marker = tmp_path / "ran"
+    torch.save({"payload": RunsCode(marker)}, tmp_path / "c.pt")
+    torch.load(tmp_path / "c.pt", weights_only=False)
+    assert marker.exists()
+
+
+def readme_table() -> list[str]:
+    """The first cell of each row of the README's table under '## Bad input and faults'."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Bad input and faults\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    assert rows[0].lower().split("|")[1:4] == [" input ", " what occbench says ", " what is kept "], rows[0]
+    assert re.fullmatch(r"\|[-| ]+\|", rows[1])
+    return [row.split("|")[1].strip() for row in rows[2:]]
+
+
+def test_the_readme_table_is_the_catalogue():
+    assert readme_table() == [text for _, text in CATALOGUE]
