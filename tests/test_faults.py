@@ -11,11 +11,13 @@ import hashlib
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from occbench.cli import main
+from occbench.config import merge
 from occbench.models.backbone import SparseBackbone
 from occbench.models.checkpoint import save_checkpoint
 from smoke import ROOT, SMOKE_ARGS, smoke_params
@@ -29,6 +31,13 @@ CATALOGUE = [
     ("params-teacher-unknown", "params: a teacher naming a method not defined"),
     ("params-teacher-off-grid", "params: a teacher at a fraction not in the grid"),
     ("params-no-scratch", "params: a grid without scratch"),
+    ("frame-truncated", "frame file: truncated"),
+    ("frame-empty-file", "frame file: 0 bytes"),
+    ("frame-nan", "frame file: NaN or infinite coordinates"),
+    ("frame-labels-length", "frame file: labels of the wrong length"),
+    ("frame-unknown-ids", "frame file: labels with unknown class ids"),
+    ("frame-zero-points", "frame file: 0 points"),
+    ("frame-outside-grid", "frame file: every point outside the voxel grid"),
     ("checkpoint-missing", "checkpoint: missing"),
     ("checkpoint-truncated", "checkpoint: truncated"),
     ("checkpoint-not-a-checkpoint", "checkpoint: not an occbench checkpoint"),
@@ -63,6 +72,7 @@ TINY_WORLD = {
              "seeds": [0], "label_split_seeds": [0]},
     "datasets": {"synthetic": {"num_scenes": 2, "frames_per_scene": 1, "val_fraction": 0.5,
                                "occupancy": None, "cameras": []}},
+    "finetune": {"segmentation": {"epochs": [{"up_to_label_fraction": 1.0, "epochs": 4}]}},
 }
 CHECKPOINT = Path("results/pretrain/small/synthetic/also/pt_1/checkpoint.pt")
 FINETUNE = ["finetune", "--task", "segmentation", "--backbone", "small", "--dataset", "synthetic",
@@ -101,10 +111,7 @@ def world(tmp_path_factory) -> tuple[Path, list[str]]:
 
 
 def tiny_params() -> dict:
-    params = smoke_params()
-    for key, value in TINY_WORLD.items():
-        params[key] = {**params[key], **value}
-    return params
+    return merge(smoke_params(), TINY_WORLD)
 
 
 def write_checkpoint(path: Path, backbone: str = "small", **meta_overrides) -> None:
@@ -115,6 +122,45 @@ def write_checkpoint(path: Path, backbone: str = "small", **meta_overrides) -> N
             **meta_overrides}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, model, meta, {name for name, _ in model.named_parameters()})
+
+
+TRAIN_FRAME = Path("results/data/synthetic/frames/0000_000.npz")  # the training frame of TINY_WORLD
+FINETUNE_SCRATCH = [*FINETUNE[:FINETUNE.index("--source") + 1], "scratch",
+                    *FINETUNE[FINETUNE.index("--source") + 2:]]
+
+
+def without_points(arrays: dict) -> None:
+    for name in ("points", "intensity", "ring", "semantic", "instance"):
+        arrays[name] = arrays[name][:0]
+
+
+# How each bad frame is made from a good one's arrays, and what the refusal names besides the file.
+FRAMES = {
+    "frame-nan": (lambda a: a["points"].__setitem__((0, 0), np.nan), "points holds NaN or infinite values"),
+    "frame-labels-length": (lambda a: a.__setitem__("semantic", a["semantic"][:-1]), "semantic has shape"),
+    "frame-unknown-ids": (lambda a: a["semantic"].__setitem__(0, 200), "semantic holds unknown class id(s) [200]"),
+    "frame-zero-points": (without_points, "no point falls inside the voxel grid VoxelGrid("),
+    "frame-outside-grid": (lambda a: a.__setitem__("points", a["points"] + np.float32(1000)),
+                           "no point falls inside the voxel grid VoxelGrid("),
+}
+
+
+def bad_frame(kind: str, path: Path) -> tuple[str, ...]:
+    """Overwrite the frame at ``path`` with a bad one of ``kind``; what the refusal must name."""
+    if kind == "frame-truncated":
+        path.write_bytes(path.read_bytes()[:1000])
+        return (str(path), "cannot read as a frame archive")
+    if kind == "frame-empty-file":
+        path.write_bytes(b"")
+        return (str(path), "cannot read as a frame archive")
+    edit, named = FRAMES[kind]
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    edit(arrays)
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+    # Read before batching, a file is named by its path; batched, a frame by its id.
+    return (path.stem if "voxel grid" in named else str(path), named)
 
 
 class RunsCode:
@@ -171,6 +217,16 @@ def test_fault_is_refused_naming_file_and_problem(kind, text, world, tmp_path, m
         return
     root, args = world
     monkeypatch.chdir(root)
+    if kind.startswith("frame-"):
+        good = TRAIN_FRAME.read_bytes()
+        try:
+            named = bad_frame(kind, TRAIN_FRAME)
+            before = snapshot(root)
+            refused([*args, *FINETUNE_SCRATCH], capsys, *named)
+            assert snapshot(root) == before  # no file written: no state, model or metrics of the run
+        finally:
+            TRAIN_FRAME.write_bytes(good)
+        return
     named = bad_checkpoint(kind, CHECKPOINT)
     before = snapshot(root)
     refused([*args, *FINETUNE], capsys, str(CHECKPOINT), *named)
