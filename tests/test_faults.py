@@ -31,6 +31,8 @@ CATALOGUE = [
     ("params-teacher-unknown", "params: a teacher naming a method not defined"),
     ("params-teacher-off-grid", "params: a teacher at a fraction not in the grid"),
     ("params-no-scratch", "params: a grid without scratch"),
+    ("dataset-root-missing", "dataset root: does not exist"),
+    ("dataset-root-empty", "dataset root: lacks the expected layout"),
     ("frame-truncated", "frame file: truncated"),
     ("frame-empty-file", "frame file: 0 bytes"),
     ("frame-nan", "frame file: NaN or infinite coordinates"),
@@ -214,6 +216,24 @@ def test_fault_is_refused_naming_file_and_problem(kind, text, world, tmp_path, m
         monkeypatch.chdir(tmp_path)
         refused([*SMOKE_ARGS, "--params", str(bad), "validate"], capsys, f"{bad}: {named}")
         assert snapshot(tmp_path) == before
+        return
+    if kind.startswith("dataset-root-"):
+        kitti = tmp_path / ("absent" if kind == "dataset-root-missing" else "empty")
+        earlier = tmp_path / "results/data/kitti/frames"
+        if kind == "dataset-root-empty":
+            kitti.mkdir()
+            earlier.mkdir(parents=True)  # frames of other settings: a conversion that starts removes them
+            (earlier / "settings.json").write_text('{"root": "elsewhere"}')
+            (earlier / "000000.npz").write_bytes(b"an earlier frame")
+        overlay = tmp_path / "kitti.yaml"
+        overlay.write_text(yaml.safe_dump({"datasets": {"kitti": {"root": str(kitti)}}}))
+        before = snapshot(tmp_path)
+        monkeypatch.chdir(tmp_path)
+        named = ((f"datasets.kitti.root: {kitti}: no such directory (expected the kitti dataset there",)
+                 if kind == "dataset-root-missing" else
+                 (f"{kitti}/ImageSets/train.txt: the train split file is missing",))
+        refused([*SMOKE_ARGS, "--params", str(overlay), "convert", "--dataset", "kitti"], capsys, *named)
+        assert snapshot(tmp_path) == before and earlier.exists() == (kind == "dataset-root-empty")
         return
     root, args = world
     monkeypatch.chdir(root)
