@@ -206,53 +206,64 @@ def bad_checkpoint(kind: str, path: Path) -> tuple[str, ...]:
     raise AssertionError(kind)
 
 
+def params_case(kind: str, tmp_path: Path, capsys) -> None:
+    overlay, named = PARAMS[kind]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(overlay))
+    before = snapshot(tmp_path)
+    refused([*SMOKE_ARGS, "--params", str(bad), "validate"], capsys, f"{bad}: {named}")
+    assert snapshot(tmp_path) == before
+
+
+def dataset_case(kind: str, tmp_path: Path, capsys) -> None:
+    kitti = tmp_path / ("absent" if kind == "dataset-root-missing" else "empty")
+    earlier = tmp_path / "results/data/kitti/frames"
+    if kind == "dataset-root-empty":
+        kitti.mkdir()
+        earlier.mkdir(parents=True)  # frames of other settings: a conversion that starts removes them
+        (earlier / "settings.json").write_text('{"root": "elsewhere"}')
+        (earlier / "000000.npz").write_bytes(b"an earlier frame")
+    overlay = tmp_path / "kitti.yaml"
+    overlay.write_text(yaml.safe_dump({"datasets": {"kitti": {"root": str(kitti)}}}))
+    before = snapshot(tmp_path)
+    named = (f"datasets.kitti.root: {kitti}: no such directory (expected the kitti dataset there"
+             if kind == "dataset-root-missing" else f"{kitti}/ImageSets/train.txt: the train split file is missing")
+    refused([*SMOKE_ARGS, "--params", str(overlay), "convert", "--dataset", "kitti"], capsys, named)
+    assert snapshot(tmp_path) == before and earlier.exists() == (kind == "dataset-root-empty")
+
+
+def frame_case(kind: str, world: Path, args: list[str], capsys) -> None:
+    good = TRAIN_FRAME.read_bytes()
+    try:
+        named = bad_frame(kind, TRAIN_FRAME)
+        before = snapshot(world)
+        refused([*args, *FINETUNE_SCRATCH], capsys, *named)
+        assert snapshot(world) == before  # no file written: no state, model or metrics of the run
+    finally:
+        TRAIN_FRAME.write_bytes(good)
+
+
+def checkpoint_case(kind: str, world: Path, args: list[str], capsys) -> None:
+    try:
+        named = bad_checkpoint(kind, CHECKPOINT)
+        before = snapshot(world)
+        refused([*args, *FINETUNE], capsys, str(CHECKPOINT), *named)
+        assert snapshot(world) == before  # no run folder, no metrics; the checkpoint and the dataset as they were
+        assert not CHECKPOINT.with_name("ran").exists()  # the pickled code never ran
+    finally:
+        CHECKPOINT.unlink(missing_ok=True)
+
+
 @pytest.mark.parametrize(("kind", "text"), CATALOGUE, ids=[kind for kind, _ in CATALOGUE])
 def test_fault_is_refused_naming_file_and_problem(kind, text, world, tmp_path, monkeypatch, capsys):
-    if kind in PARAMS:
-        overlay, named = PARAMS[kind]
-        bad = tmp_path / "bad.yaml"
-        bad.write_text(yaml.safe_dump(overlay))
-        before = snapshot(tmp_path)
+    family = kind.split("-")[0]
+    if family in ("params", "dataset"):
         monkeypatch.chdir(tmp_path)
-        refused([*SMOKE_ARGS, "--params", str(bad), "validate"], capsys, f"{bad}: {named}")
-        assert snapshot(tmp_path) == before
-        return
-    if kind.startswith("dataset-root-"):
-        kitti = tmp_path / ("absent" if kind == "dataset-root-missing" else "empty")
-        earlier = tmp_path / "results/data/kitti/frames"
-        if kind == "dataset-root-empty":
-            kitti.mkdir()
-            earlier.mkdir(parents=True)  # frames of other settings: a conversion that starts removes them
-            (earlier / "settings.json").write_text('{"root": "elsewhere"}')
-            (earlier / "000000.npz").write_bytes(b"an earlier frame")
-        overlay = tmp_path / "kitti.yaml"
-        overlay.write_text(yaml.safe_dump({"datasets": {"kitti": {"root": str(kitti)}}}))
-        before = snapshot(tmp_path)
-        monkeypatch.chdir(tmp_path)
-        named = ((f"datasets.kitti.root: {kitti}: no such directory (expected the kitti dataset there",)
-                 if kind == "dataset-root-missing" else
-                 (f"{kitti}/ImageSets/train.txt: the train split file is missing",))
-        refused([*SMOKE_ARGS, "--params", str(overlay), "convert", "--dataset", "kitti"], capsys, *named)
-        assert snapshot(tmp_path) == before and earlier.exists() == (kind == "dataset-root-empty")
-        return
-    root, args = world
-    monkeypatch.chdir(root)
-    if kind.startswith("frame-"):
-        good = TRAIN_FRAME.read_bytes()
-        try:
-            named = bad_frame(kind, TRAIN_FRAME)
-            before = snapshot(root)
-            refused([*args, *FINETUNE_SCRATCH], capsys, *named)
-            assert snapshot(root) == before  # no file written: no state, model or metrics of the run
-        finally:
-            TRAIN_FRAME.write_bytes(good)
-        return
-    named = bad_checkpoint(kind, CHECKPOINT)
-    before = snapshot(root)
-    refused([*args, *FINETUNE], capsys, str(CHECKPOINT), *named)
-    assert snapshot(root) == before  # no run folder, no metrics; the checkpoint and the dataset as they were
-    assert not CHECKPOINT.with_name("ran").exists()  # the pickled code never ran
-    CHECKPOINT.unlink(missing_ok=True)
+        {"params": params_case, "dataset": dataset_case}[family](kind, tmp_path, capsys)
+    else:
+        root, args = world
+        monkeypatch.chdir(root)
+        {"frame": frame_case, "checkpoint": checkpoint_case}[family](kind, root, args, capsys)
 
 
 def test_the_pickled_payload_is_live(tmp_path):
