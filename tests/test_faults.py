@@ -8,6 +8,7 @@ test without a row, fails ``test_the_readme_table_is_the_catalogue``.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -33,6 +34,9 @@ CATALOGUE = [
     ("params-no-scratch", "params: a grid without scratch"),
     ("dataset-root-missing", "dataset root: does not exist"),
     ("dataset-root-empty", "dataset root: lacks the expected layout"),
+    ("kitti-scan-truncated", "KITTI scan (.bin): truncated"),
+    ("kitti-scan-empty", "KITTI scan (.bin): 0 bytes"),
+    ("kitti-scan-nan", "KITTI scan (.bin): NaN or infinite coordinates"),
     ("frame-truncated", "frame file: truncated"),
     ("frame-empty-file", "frame file: 0 bytes"),
     ("frame-nan", "frame file: NaN or infinite coordinates"),
@@ -232,6 +236,47 @@ def dataset_case(kind: str, tmp_path: Path, capsys) -> None:
     assert snapshot(tmp_path) == before and earlier.exists() == (kind == "dataset-root-empty")
 
 
+IDENTITY_CALIB = "R0_rect: 1 0 0 0 1 0 0 0 1\nTr_velo_to_cam: 1 0 0 0 0 1 0 0 0 0 1 0\n"
+
+
+def write_kitti(root: Path, scans: dict[str, bytes]) -> None:
+    """A KITTI object tree of ``scans`` (frame id -> .bin bytes), no objects, all in the train split."""
+    for folder in ("velodyne", "label_2", "calib"):
+        (root / "training" / folder).mkdir(parents=True)
+    for frame_id, scan in scans.items():
+        (root / "training" / "velodyne" / f"{frame_id}.bin").write_bytes(scan)
+        (root / "training" / "label_2" / f"{frame_id}.txt").write_text("")
+        (root / "training" / "calib" / f"{frame_id}.txt").write_text(IDENTITY_CALIB)
+    (root / "ImageSets").mkdir()
+    (root / "ImageSets" / "train.txt").write_text("\n".join(scans) + "\n")
+    (root / "ImageSets" / "val.txt").write_text("")
+
+
+def kitti_case(kind: str, tmp_path: Path, capsys) -> None:
+    """One bad scan among good ones: it is named, the others convert, the index lists only them."""
+    scan = np.random.default_rng(0).uniform(-20, 20, (300, 4)).astype("<f4")
+    scan[:, 3] = 0.5
+    bad = {"kitti-scan-truncated": scan.tobytes()[:-3], "kitti-scan-empty": b"",
+           "kitti-scan-nan": np.where(np.arange(4) == 0, np.nan, scan).astype("<f4").tobytes()}[kind]
+    named = {"kitti-scan-truncated": "is not a whole number of 16-byte points", "kitti-scan-empty": "0 bytes",
+             "kitti-scan-nan": "points holds NaN or infinite values"}[kind]
+    write_kitti(tmp_path / "kitti", {"000000": scan.tobytes(), "000001": bad})
+    overlay = tmp_path / "kitti.yaml"
+    overlay.write_text(yaml.safe_dump({"datasets": {"kitti": {"root": str(tmp_path / "kitti")}}}))
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as stop:  # the verb's failure list, as a rule's job ends
+        main([*SMOKE_ARGS, "--params", str(overlay), "convert", "--dataset", "kitti"])
+    assert f"occbench convert: 1 frame(s) failed:\n  {tmp_path}/kitti/training/velodyne/000001.bin: " in str(stop.value)
+    assert named in str(stop.value) and "Traceback" not in capsys.readouterr().err
+    after = snapshot(tmp_path)
+    assert {name: after[name] for name in before} == before  # the dataset untouched
+    assert sorted(set(after) - set(before)) == ["results/data/kitti/frames/000000.npz",
+                                                "results/data/kitti/frames/settings.json",
+                                                "results/data/kitti/index.json"]
+    index = json.loads((tmp_path / "results/data/kitti/index.json").read_text())
+    assert [frame["id"] for frame in index["frames"]] == ["000000"]
+
+
 def frame_case(kind: str, world: Path, args: list[str], capsys) -> None:
     good = TRAIN_FRAME.read_bytes()
     try:
@@ -257,9 +302,9 @@ def checkpoint_case(kind: str, world: Path, args: list[str], capsys) -> None:
 @pytest.mark.parametrize(("kind", "text"), CATALOGUE, ids=[kind for kind, _ in CATALOGUE])
 def test_fault_is_refused_naming_file_and_problem(kind, text, world, tmp_path, monkeypatch, capsys):
     family = kind.split("-")[0]
-    if family in ("params", "dataset"):
+    if family in ("params", "dataset", "kitti"):
         monkeypatch.chdir(tmp_path)
-        {"params": params_case, "dataset": dataset_case}[family](kind, tmp_path, capsys)
+        {"params": params_case, "dataset": dataset_case, "kitti": kitti_case}[family](kind, tmp_path, capsys)
     else:
         root, args = world
         monkeypatch.chdir(root)
