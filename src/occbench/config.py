@@ -89,7 +89,9 @@ def check_consistency(params: dict[str, Any], source: str = "params.yaml") -> No
             problems.append(f"splits.{key}: {err}")
     from occbench.workflow.grid import SCRATCH  # grid.py imports this module
 
-    if grid["compute_matched_scratch"] and set(grid["methods"]) <= {SCRATCH}:
+    if SCRATCH not in grid["methods"]:
+        problems.append(f"grid.methods: {grid['methods']} lacks {SCRATCH!r}; every table compares with it")
+    elif grid["compute_matched_scratch"] and set(grid["methods"]) <= {SCRATCH}:
         problems.append("grid.compute_matched_scratch: grid.methods has no pre-training method to match the steps of")
     low, high = params["voxelization"]["point_cloud_range"][:3], params["voxelization"]["point_cloud_range"][3:]
     if any(lo >= hi for lo, hi in zip(low, high)):

@@ -53,10 +53,11 @@ for name, gpus in [("a", 0), ("pretrain", 1), ("finetune", 1)]:
         shell: "echo $SLURM_JOB_PARTITION ${{CUDA_VISIBLE_DEVICES:-none}} > {output}"
 """
 
-# One job per rule of the smoke grid (on top of .test/params.yaml in params.yaml).
+# One job per rule of the smoke grid (on top of .test/params.yaml in params.yaml), but two
+# fine-tuning jobs: scratch's and ALSO's (a grid always holds scratch).
 ONE_JOB_PER_RULE = """\
 grid:
-  methods: [also]
+  methods: [scratch, also]
   label_fractions: [1.0]
   seeds: [0]
 """
@@ -195,7 +196,7 @@ def test_smoke_grid_through_slurm(slurm_cluster, project_copy):
     (project_copy / "one_job_per_rule.yaml").write_text(ONE_JOB_PER_RULE)
     jobs = run_through_slurm(project_copy, 1200, "--configfile", "one_job_per_rule.yaml")
     rules = Counter(job["rule"] for job in jobs)
-    assert GPU_RULES <= set(rules) and rules["pretrain"] == rules["finetune"] == 1, rules
+    assert GPU_RULES <= set(rules) and rules["pretrain"] == 1 and rules["finetune"] == 2, rules
     reports = project_copy / "reports"
     assert json.loads((reports / "metrics.json").read_text())
     assert any((reports / "tables").iterdir()), "no tables under reports/tables"

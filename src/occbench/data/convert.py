@@ -93,11 +93,11 @@ def run_conversion(name: str, converter: Converter, settings: dict[str, Any], wo
     """Convert every frame of ``converter`` into results/data/<name>/; return the failures."""
     global _ACTIVE
     frames_dir = data_dir(name) / "frames"
-    _forget_stale_frames(frames_dir, settings)
-    sources = converter.sources()
+    sources = converter.sources()  # first: a root without the dataset's layout leaves nothing behind
     ids = [source.frame_id for source in sources]
     if len(set(ids)) != len(ids):
         raise ValueError(f"dataset {name!r}: its converter lists some frame ids twice")
+    _forget_stale_frames(frames_dir, settings)
     job = partial(_convert_one, frames_dir=frames_dir)
     _ACTIVE = converter
     try:
@@ -128,4 +128,8 @@ def convert(params: dict, dataset: str, workers: int = 1) -> list[str]:
         settings = params["datasets"][dataset]
     except KeyError:
         raise ValueError(f"dataset {dataset!r} is not defined under datasets in params.yaml") from None
-    return run_conversion(dataset, CONVERTERS[settings["kind"]](settings), settings, workers)
+    converter = CONVERTERS[settings["kind"]](settings)  # first: it names the tools a kind lacks
+    if "root" in settings and not Path(settings["root"]).is_dir():
+        raise ValueError(f"datasets.{dataset}.root: {settings['root']}: no such directory (expected the "
+                         f"{settings['kind']} dataset there; README, section Data)")
+    return run_conversion(dataset, converter, settings, workers)

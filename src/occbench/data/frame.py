@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from occbench.data.taxonomy import IGNORE_INDEX, NUM_CLASSES
 from occbench.io import atomic_path
 
 FORMAT_VERSION = 1
@@ -243,6 +244,11 @@ def load_frame(path: str | os.PathLike) -> Frame:
         )
     required = {name: data.pop(name) for name in _REQUIRED_DTYPES}
     try:
-        return Frame(**required, meta=meta, extras=data)
+        frame = Frame(**required, meta=meta, extras=data)
     except FrameFormatError as err:
         raise FrameFormatError(f"{path}: {err}") from err
+    unknown = np.unique(frame.semantic[(frame.semantic >= NUM_CLASSES) & (frame.semantic != IGNORE_INDEX)])
+    if unknown.size:  # a loss would index past its classes with them
+        raise FrameFormatError(f"{path}: semantic holds unknown class id(s) {unknown[:5].tolist()} "
+                               f"(known: 0-{NUM_CLASSES - 1}, {IGNORE_INDEX} = ignore)")
+    return frame

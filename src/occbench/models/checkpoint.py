@@ -150,6 +150,24 @@ def load_backbone(backbone: nn.Module, state: dict[str, torch.Tensor], trained: 
     return report
 
 
+def check_same_model(checkpoint: dict[str, Any], path: str | os.PathLike, user: str, grid,
+                     backbone_spec: dict[str, Any] | None = None) -> None:
+    """Refuse a checkpoint recorded on another voxel grid (or backbone) than ``user``'s, naming both.
+
+    Shapes alone do not tell: a voxel grid moved or rescaled in x and y keeps every weight's shape,
+    and the weights then load in full and mean something else.
+    """
+    from occbench.models.voxelize import VoxelGrid
+
+    meta = checkpoint.get("meta") or {}
+    theirs = meta.get("voxelization") and VoxelGrid.from_params(meta["voxelization"])
+    if theirs != grid:
+        raise CheckpointMismatchError(f"{path}: checkpoint's voxel grid {theirs} is not {user}'s {grid}")
+    if backbone_spec is not None and meta.get("backbone_spec") != backbone_spec:
+        raise CheckpointMismatchError(f"{path}: checkpoint's backbone {meta.get('backbone_spec')} is not "
+                                      f"{user}'s {backbone_spec}")
+
+
 def load_frozen_backbone(path: str | os.PathLike, grid) -> nn.Module:
     """A teacher: the backbone a checkpoint holds, built from its own spec, frozen and in eval mode.
 
@@ -157,14 +175,10 @@ def load_frozen_backbone(path: str | os.PathLike, grid) -> nn.Module:
     same voxels, row for row, so the teacher's voxel features are per-voxel targets.
     """
     from occbench.models.backbone import SparseBackbone
-    from occbench.models.voxelize import VoxelGrid
 
     checkpoint = read_checkpoint(path)
-    meta = checkpoint["meta"]
-    teacher_grid = VoxelGrid.from_params(meta["voxelization"])
-    if teacher_grid != grid:
-        raise CheckpointMismatchError(f"{path}: teacher voxel grid {teacher_grid} is not the student's {grid}")
-    spec = meta["backbone_spec"]
-    teacher = SparseBackbone(teacher_grid, tuple(spec["channels"]), spec["bev_channels"])
+    check_same_model(checkpoint, path, "the student", grid)
+    spec = checkpoint["meta"]["backbone_spec"]
+    teacher = SparseBackbone(grid, tuple(spec["channels"]), spec["bev_channels"])
     teacher.load_state_dict(checkpoint["backbone"])
     return teacher.requires_grad_(False).eval()

@@ -65,8 +65,13 @@ class VoxelBatch:
         return VoxelBatch(self.features[rows], self.indices[rows], point_voxel, self.batch_size, self, rows)
 
 
-def voxelize(points: list[torch.Tensor], intensity: list[torch.Tensor], grid: VoxelGrid) -> VoxelBatch:
-    """Mean-pool points into voxels; keep the point-to-voxel map for the way back."""
+def voxelize(points: list[torch.Tensor], intensity: list[torch.Tensor], grid: VoxelGrid,
+             frame_ids: list[str] | None = None) -> VoxelBatch:
+    """Mean-pool points into voxels; keep the point-to-voxel map for the way back.
+
+    With ``frame_ids``, a frame with no point inside the grid is refused by name: the sparse
+    convolutions would fail on it with an assertion naming nothing.
+    """
     device = points[0].device
     lower, size = grid.lower.to(device), grid.size.to(device)
     dims = torch.tensor(grid.shape_xyz, device=device)
@@ -78,6 +83,10 @@ def voxelize(points: list[torch.Tensor], intensity: list[torch.Tensor], grid: Vo
         all_keys.append(((batch_index * dims[2] + z) * dims[1] + y) * dims[0] + x)
         all_feats.append(torch.cat([xyz[inside], inten[inside, None]], dim=1))
         in_range.append(inside)
+    empty = [frame_id for frame_id, inside in zip(frame_ids or [], in_range) if not inside.any()]
+    if empty:
+        raise ValueError(f"frame(s) {', '.join(empty)}: no point falls inside the voxel grid {grid} "
+                         "(an empty scan, or coordinates in another frame or unit)")
     unique_keys, inverse = torch.unique(torch.cat(all_keys), sorted=True, return_inverse=True)
     feats = torch.cat(all_feats)
     sums = torch.zeros(unique_keys.shape[0], feats.shape[1], device=device).index_add_(0, inverse, feats)

@@ -83,7 +83,7 @@ class PretrainModel(nn.Module):
         self.method.set_progress(epoch, epochs)
 
     def run(self, batch: Batch, generator: torch.Generator) -> tuple[BackboneOutput, VoxelBatch]:
-        voxels = voxelize(batch.points, batch.intensity, self.backbone.grid)
+        voxels = voxelize(batch.points, batch.intensity, self.backbone.grid, batch.frame_ids)
         seen = self.method.backbone_input(voxels, batch, generator)
         return self.backbone(seen, with_bev=self.method.needs_bev), seen
 

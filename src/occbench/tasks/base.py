@@ -93,7 +93,7 @@ class FinetuneModel(nn.Module):
         return [{"params": list(self.backbone.parameters()), "lr_scale": self.backbone_lr_scale}, head]
 
     def run(self, batch: Batch) -> tuple[BackboneOutput, torch.Tensor, VoxelBatch]:
-        voxels = voxelize(batch.points, batch.intensity, self.backbone.grid)
+        voxels = voxelize(batch.points, batch.intensity, self.backbone.grid, batch.frame_ids)
         output = self.backbone(voxels, with_bev=self.task.needs_bev)
         return output, self.task(output), voxels
 

@@ -13,7 +13,7 @@ from occbench.data.loader import RunFrames, StepSampler, evaluation_loader
 from occbench.data.splits import read_split
 from occbench.io import sha256_file, sha256_json, write_json
 from occbench.models.backbone import SparseBackbone
-from occbench.models.checkpoint import load_backbone, read_checkpoint
+from occbench.models.checkpoint import check_same_model, load_backbone, read_checkpoint
 from occbench.progress import progress
 from occbench.provenance import environment
 from occbench.tasks import TASKS
@@ -48,13 +48,15 @@ def compute_matched_epochs(params: dict, run: FinetuneRun, label_frames: int, pr
     return epochs_for(settings["epochs"], run.label_fraction) + math.ceil(pretrain_steps / epoch_steps)
 
 
-def load_pretrained(backbone: SparseBackbone, run: FinetuneRun, min_fraction: float) -> dict | None:
-    """The pre-trained weights of the run's source, with the loaded-parameter check; None for scratch."""
+def load_pretrained(backbone: SparseBackbone, run: FinetuneRun, params: dict) -> dict | None:
+    """The pre-trained weights of the run's source, with the model and loaded-parameter checks; None for scratch."""
     if run.pretrained is None:
         return None
     path = run.pretrained.checkpoint
     checkpoint = read_checkpoint(path)
-    report = load_backbone(backbone, checkpoint["backbone"], checkpoint["trained_parameters"], min_fraction, str(path))
+    check_same_model(checkpoint, path, "the fine-tuning run", backbone.grid, params["backbones"][run.backbone])
+    report = load_backbone(backbone, checkpoint["backbone"], checkpoint["trained_parameters"],
+                           params["finetune"]["min_loaded_fraction"], str(path))
     print(f"loaded {report.loaded_fraction:.1%} of the backbone from {path}, {report.pretrained_fraction:.1%} "
           f"pre-trained; never trained: {', '.join(report.untrained_modules) or 'none'}")
     return {"checkpoint": str(path), "sha256": sha256_file(path), **report.as_dict()}
@@ -82,7 +84,7 @@ def finetune(params: dict, run: FinetuneRun) -> dict:
     backbone = SparseBackbone.from_params(params, run.backbone)
     task = TASKS[run.task](backbone, settings, TaskContext(index, tuple(train_ids)))
     model = FinetuneModel(backbone, task, settings["backbone_lr_scale"])
-    load_report = load_pretrained(backbone, run, params["finetune"]["min_loaded_fraction"])
+    load_report = load_pretrained(backbone, run, params)
     needs = check_needs(task.needs, f"task {run.task}")
 
     dataset = frames.training_set(params, run.seed)

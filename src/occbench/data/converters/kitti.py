@@ -53,6 +53,8 @@ def read_scan(path: str | Path) -> np.ndarray:
     """A KITTI velodyne .bin as float32 (N, 4): x, y, z, reflectance."""
     path = Path(path)
     size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{path}: 0 bytes, a scan without points")
     if size % 16:
         raise ValueError(
             f"{path}: {size} bytes is not a whole number of 16-byte points "

@@ -1,0 +1,333 @@
+"""Bad input and faults, through the real CLI: each kind is refused with a message naming the file and
+the problem, exit code 2 and no traceback, and nothing on disk added or changed.
+
+CATALOGUE is the README's table "Bad input and faults", row for row: a row without a test here, or a
+test without a row, fails ``test_the_readme_table_is_the_catalogue``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from occbench.cli import main
+from occbench.config import merge
+from occbench.models.backbone import SparseBackbone
+from occbench.models.checkpoint import save_checkpoint
+from smoke import ROOT, SMOKE_ARGS, smoke_params
+
+CATALOGUE = [
+    ("params-unknown-key", "params: an unknown key"),
+    ("params-wrong-type", "params: a value of the wrong type"),
+    ("params-out-of-range", "params: a value out of range"),
+    ("params-fractions-not-nested", "params: fractions that do not nest"),
+    ("params-transfer-unknown", "params: a transfer naming a dataset not defined"),
+    ("params-teacher-unknown", "params: a teacher naming a method not defined"),
+    ("params-teacher-off-grid", "params: a teacher at a fraction not in the grid"),
+    ("params-no-scratch", "params: a grid without scratch"),
+    ("dataset-root-missing", "dataset root: does not exist"),
+    ("dataset-root-empty", "dataset root: lacks the expected layout"),
+    ("kitti-scan-truncated", "KITTI scan (.bin): truncated"),
+    ("kitti-scan-empty", "KITTI scan (.bin): 0 bytes"),
+    ("kitti-scan-nan", "KITTI scan (.bin): NaN or infinite coordinates"),
+    ("frame-truncated", "frame file: truncated"),
+    ("frame-empty-file", "frame file: 0 bytes"),
+    ("frame-nan", "frame file: NaN or infinite coordinates"),
+    ("frame-labels-length", "frame file: labels of the wrong length"),
+    ("frame-unknown-ids", "frame file: labels with unknown class ids"),
+    ("frame-zero-points", "frame file: 0 points"),
+    ("frame-outside-grid", "frame file: every point outside the voxel grid"),
+    ("checkpoint-missing", "checkpoint: missing"),
+    ("checkpoint-truncated", "checkpoint: truncated"),
+    ("checkpoint-not-a-checkpoint", "checkpoint: not an occbench checkpoint"),
+    ("checkpoint-other-backbone", "checkpoint: of another backbone"),
+    ("checkpoint-other-grid", "checkpoint: of another voxel grid"),
+    ("checkpoint-pickled-code", "checkpoint: a pickled object that would run code"),
+]
+
+# (overlay on the smoke grid, what the message names after the file: the key path and the problem)
+PARAMS = {
+    "params-unknown-key": ({"grid": {"methodz": ["also"]}},
+                           "grid: Additional properties are not allowed ('methodz' was unexpected)"),
+    "params-wrong-type": ({"grid": {"seeds": "0"}}, "grid.seeds: '0' is not of type 'array'"),
+    "params-out-of-range": ({"grid": {"label_fractions": [0.1, 1.5]}},
+                            "grid.label_fractions[1]: 1.5 is greater than the maximum of 1"),
+    "params-fractions-not-nested": ({"grid": {"pretrain_fractions": [0.2, 0.5, 1.0]}},
+                                    "splits.pretrain_sampling: interval sampling with strides 2 and 5"),
+    "params-transfer-unknown": ({"grid": {"transfers": [{"pretrain": "lyft", "finetune": "synthetic"}]}},
+                                "grid.transfers[0].pretrain: dataset 'lyft' is not defined under datasets"),
+    "params-teacher-unknown": ({"pretrain": {"methods": {"picture": {"teacher": {"method": "byol"}}}}},
+                               "pretrain.methods.picture.teacher: {'method': 'byol'} is not valid"),
+    "params-teacher-off-grid": ({"pretrain": {"methods": {"picture": {"teacher": {"method": "also",
+                                                                                  "fraction": 0.5}}}}},
+                                "pretrain.methods.picture.teacher.fraction: 0.5 is not one of "
+                                "grid.pretrain_fractions [1.0]"),
+    "params-no-scratch": ({"grid": {"methods": ["also"]}}, "grid.methods: ['also'] lacks 'scratch'"),
+}
+
+# A grid of one fine-tuning run from ALSO's checkpoint, on a world of two frames.
+TINY_WORLD = {
+    "grid": {"methods": ["scratch", "also"], "pretrain_fractions": [1.0], "label_fractions": [1.0],
+             "seeds": [0], "label_split_seeds": [0]},
+    "datasets": {"synthetic": {"num_scenes": 2, "frames_per_scene": 1, "val_fraction": 0.5,
+                               "occupancy": None, "cameras": []}},
+    "finetune": {"segmentation": {"epochs": [{"up_to_label_fraction": 1.0, "epochs": 4}]}},
+}
+CHECKPOINT = Path("results/pretrain/small/synthetic/also/pt_1/checkpoint.pt")
+FINETUNE = ["finetune", "--task", "segmentation", "--backbone", "small", "--dataset", "synthetic",
+            "--source", "also-synthetic-pt_1", "--label-fraction", "1", "--seed", "0"]
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under ``root`` with the SHA-256 of its bytes: what 'nothing lost or added' compares."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def refused(argv: list[str], capsys, *named: str) -> str:
+    """Run the CLI on ``argv``: exit code 2, a one-line error naming each of ``named``, no traceback."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and " error: " in err, err
+    for fragment in named:
+        assert fragment in err, f"{fragment!r} not in:\n{err}"
+    return err
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A converted two-frame world and its label split, and the CLI options that read its grid."""
+    root = tmp_path_factory.mktemp("world")
+    (root / "tiny.yaml").write_text(yaml.safe_dump(TINY_WORLD))
+    args = [*SMOKE_ARGS, "--params", str(root / "tiny.yaml")]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        assert main([*args, "convert", "--dataset", "synthetic"]) == 0
+        assert main([*args, "split", "--dataset", "synthetic", "--subset", "labels", "--fraction", "1",
+                     "--split-seed", "0"]) == 0
+    return root, args
+
+
+def tiny_params() -> dict:
+    return merge(smoke_params(), TINY_WORLD)
+
+
+def write_checkpoint(path: Path, backbone: str = "small", **meta_overrides) -> None:
+    """A checkpoint as pre-training writes it (its meta records the backbone and voxel grid)."""
+    params = tiny_params()
+    model = SparseBackbone.from_params(params, backbone)
+    meta = {"backbone_spec": params["backbones"][backbone], "voxelization": params["voxelization"],
+            **meta_overrides}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, model, meta, {name for name, _ in model.named_parameters()})
+
+
+TRAIN_FRAME = Path("results/data/synthetic/frames/0000_000.npz")  # the training frame of TINY_WORLD
+FINETUNE_SCRATCH = [*FINETUNE[:FINETUNE.index("--source") + 1], "scratch",
+                    *FINETUNE[FINETUNE.index("--source") + 2:]]
+
+
+def without_points(arrays: dict) -> None:
+    for name in ("points", "intensity", "ring", "semantic", "instance"):
+        arrays[name] = arrays[name][:0]
+
+
+# How each bad frame is made from a good one's arrays, and what the refusal names besides the file.
+FRAMES = {
+    "frame-nan": (lambda a: a["points"].__setitem__((0, 0), np.nan), "points holds NaN or infinite values"),
+    "frame-labels-length": (lambda a: a.__setitem__("semantic", a["semantic"][:-1]), "semantic has shape"),
+    "frame-unknown-ids": (lambda a: a["semantic"].__setitem__(0, 200), "semantic holds unknown class id(s) [200]"),
+    "frame-zero-points": (without_points, "no point falls inside the voxel grid VoxelGrid("),
+    "frame-outside-grid": (lambda a: a.__setitem__("points", a["points"] + np.float32(1000)),
+                           "no point falls inside the voxel grid VoxelGrid("),
+}
+
+
+def bad_frame(kind: str, path: Path) -> tuple[str, ...]:
+    """Overwrite the frame at ``path`` with a bad one of ``kind``; what the refusal must name."""
+    if kind == "frame-truncated":
+        path.write_bytes(path.read_bytes()[:1000])
+        return (str(path), "cannot read as a frame archive")
+    if kind == "frame-empty-file":
+        path.write_bytes(b"")
+        return (str(path), "cannot read as a frame archive")
+    edit, named = FRAMES[kind]
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    edit(arrays)
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+    # Read before batching, a file is named by its path; batched, a frame by its id.
+    return (path.stem if "voxel grid" in named else str(path), named)
+
+
+class RunsCode:
+    """Unpickling it touches ``marker``: the code a checkpoint from an untrusted source could carry."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def bad_checkpoint(kind: str, path: Path) -> tuple[str, ...]:
+    """Write the bad checkpoint of ``kind`` at ``path``; what the refusal must name besides the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "checkpoint-missing":
+        return ("No such file or directory",)
+    if kind == "checkpoint-truncated":
+        write_checkpoint(path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        return ("cannot read as a checkpoint",)
+    if kind == "checkpoint-not-a-checkpoint":
+        torch.save({"weights": torch.zeros(3)}, path)
+        return ("not an occbench checkpoint (no 'backbone' state dict)",)
+    if kind == "checkpoint-other-backbone":
+        write_checkpoint(path, "base")
+        return ("checkpoint's backbone {'channels': [32, 64, 128], 'bev_channels': 128}",
+                "is not the fine-tuning run's {'channels': [16, 32, 64], 'bev_channels': 64}")
+    if kind == "checkpoint-other-grid":  # moved 10 m in x: every weight keeps its shape
+        voxelization = tiny_params()["voxelization"]
+        low_x, high_x = voxelization["point_cloud_range"][0], voxelization["point_cloud_range"][3]
+        moved = [low_x + 10, *voxelization["point_cloud_range"][1:3], high_x + 10,
+                 *voxelization["point_cloud_range"][4:]]
+        write_checkpoint(path, voxelization={**voxelization, "point_cloud_range": moved})
+        return (f"checkpoint's voxel grid VoxelGrid(point_cloud_range={tuple(map(float, moved))}",
+                "is not the fine-tuning run's VoxelGrid(point_cloud_range="
+                f"{tuple(map(float, voxelization['point_cloud_range']))}")
+    if kind == "checkpoint-pickled-code":
+        torch.save({"backbone": {}, "payload": RunsCode(path.with_name("ran"))}, path)
+        return ("cannot read as a checkpoint", "Weights only load failed")
+    raise AssertionError(kind)
+
+
+def params_case(kind: str, tmp_path: Path, capsys) -> None:
+    overlay, named = PARAMS[kind]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(overlay))
+    before = snapshot(tmp_path)
+    refused([*SMOKE_ARGS, "--params", str(bad), "validate"], capsys, f"{bad}: {named}")
+    assert snapshot(tmp_path) == before
+
+
+def dataset_case(kind: str, tmp_path: Path, capsys) -> None:
+    kitti = tmp_path / ("absent" if kind == "dataset-root-missing" else "empty")
+    earlier = tmp_path / "results/data/kitti/frames"
+    if kind == "dataset-root-empty":
+        kitti.mkdir()
+        earlier.mkdir(parents=True)  # frames of other settings: a conversion that starts removes them
+        (earlier / "settings.json").write_text('{"root": "elsewhere"}')
+        (earlier / "000000.npz").write_bytes(b"an earlier frame")
+    overlay = tmp_path / "kitti.yaml"
+    overlay.write_text(yaml.safe_dump({"datasets": {"kitti": {"root": str(kitti)}}}))
+    before = snapshot(tmp_path)
+    named = (f"datasets.kitti.root: {kitti}: no such directory (expected the kitti dataset there"
+             if kind == "dataset-root-missing" else f"{kitti}/ImageSets/train.txt: the train split file is missing")
+    refused([*SMOKE_ARGS, "--params", str(overlay), "convert", "--dataset", "kitti"], capsys, named)
+    assert snapshot(tmp_path) == before and earlier.exists() == (kind == "dataset-root-empty")
+
+
+IDENTITY_CALIB = "R0_rect: 1 0 0 0 1 0 0 0 1\nTr_velo_to_cam: 1 0 0 0 0 1 0 0 0 0 1 0\n"
+
+
+def write_kitti(root: Path, scans: dict[str, bytes]) -> None:
+    """A KITTI object tree of ``scans`` (frame id -> .bin bytes), no objects, all in the train split."""
+    for folder in ("velodyne", "label_2", "calib"):
+        (root / "training" / folder).mkdir(parents=True)
+    for frame_id, scan in scans.items():
+        (root / "training" / "velodyne" / f"{frame_id}.bin").write_bytes(scan)
+        (root / "training" / "label_2" / f"{frame_id}.txt").write_text("")
+        (root / "training" / "calib" / f"{frame_id}.txt").write_text(IDENTITY_CALIB)
+    (root / "ImageSets").mkdir()
+    (root / "ImageSets" / "train.txt").write_text("\n".join(scans) + "\n")
+    (root / "ImageSets" / "val.txt").write_text("")
+
+
+def kitti_case(kind: str, tmp_path: Path, capsys) -> None:
+    """One bad scan among good ones: it is named, the others convert, the index lists only them."""
+    scan = np.random.default_rng(0).uniform(-20, 20, (300, 4)).astype("<f4")
+    scan[:, 3] = 0.5
+    bad = {"kitti-scan-truncated": scan.tobytes()[:-3], "kitti-scan-empty": b"",
+           "kitti-scan-nan": np.where(np.arange(4) == 0, np.nan, scan).astype("<f4").tobytes()}[kind]
+    named = {"kitti-scan-truncated": "is not a whole number of 16-byte points", "kitti-scan-empty": "0 bytes",
+             "kitti-scan-nan": "points holds NaN or infinite values"}[kind]
+    write_kitti(tmp_path / "kitti", {"000000": scan.tobytes(), "000001": bad})
+    overlay = tmp_path / "kitti.yaml"
+    overlay.write_text(yaml.safe_dump({"datasets": {"kitti": {"root": str(tmp_path / "kitti")}}}))
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as stop:  # the verb's failure list, as a rule's job ends
+        main([*SMOKE_ARGS, "--params", str(overlay), "convert", "--dataset", "kitti"])
+    assert f"occbench convert: 1 frame(s) failed:\n  {tmp_path}/kitti/training/velodyne/000001.bin: " in str(stop.value)
+    assert named in str(stop.value) and "Traceback" not in capsys.readouterr().err
+    after = snapshot(tmp_path)
+    assert {name: after[name] for name in before} == before  # the dataset untouched
+    assert sorted(set(after) - set(before)) == ["results/data/kitti/frames/000000.npz",
+                                                "results/data/kitti/frames/settings.json",
+                                                "results/data/kitti/index.json"]
+    index = json.loads((tmp_path / "results/data/kitti/index.json").read_text())
+    assert [frame["id"] for frame in index["frames"]] == ["000000"]
+
+
+def frame_case(kind: str, world: Path, args: list[str], capsys) -> None:
+    good = TRAIN_FRAME.read_bytes()
+    try:
+        named = bad_frame(kind, TRAIN_FRAME)
+        before = snapshot(world)
+        refused([*args, *FINETUNE_SCRATCH], capsys, *named)
+        assert snapshot(world) == before  # no file written: no state, model or metrics of the run
+    finally:
+        TRAIN_FRAME.write_bytes(good)
+
+
+def checkpoint_case(kind: str, world: Path, args: list[str], capsys) -> None:
+    try:
+        named = bad_checkpoint(kind, CHECKPOINT)
+        before = snapshot(world)
+        refused([*args, *FINETUNE], capsys, str(CHECKPOINT), *named)
+        assert snapshot(world) == before  # no run folder, no metrics; the checkpoint and the dataset as they were
+        assert not CHECKPOINT.with_name("ran").exists()  # the pickled code never ran
+    finally:
+        CHECKPOINT.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize(("kind", "text"), CATALOGUE, ids=[kind for kind, _ in CATALOGUE])
+def test_fault_is_refused_naming_file_and_problem(kind, text, world, tmp_path, monkeypatch, capsys):
+    family = kind.split("-")[0]
+    if family in ("params", "dataset", "kitti"):
+        monkeypatch.chdir(tmp_path)
+        {"params": params_case, "dataset": dataset_case, "kitti": kitti_case}[family](kind, tmp_path, capsys)
+    else:
+        root, args = world
+        monkeypatch.chdir(root)
+        {"frame": frame_case, "checkpoint": checkpoint_case}[family](kind, root, args, capsys)
+
+
+def test_the_pickled_payload_is_live(tmp_path):
+    """The pickled-code case proves something only if unpickling the file without weights_only runs it."""
+    marker = tmp_path / "ran"
+    torch.save({"payload": RunsCode(marker)}, tmp_path / "c.pt")
+    torch.load(tmp_path / "c.pt", weights_only=False)
+    assert marker.exists()
+
+
+def readme_table() -> list[str]:
+    """The first cell of each row of the README's table under '## Bad input and faults'."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Bad input and faults\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    assert rows[0].lower().split("|")[1:4] == [" input ", " what occbench says ", " what is kept "], rows[0]
+    assert re.fullmatch(r"\|[-| ]+\|", rows[1])
+    return [row.split("|")[1].strip() for row in rows[2:]]
+
+
+def test_the_readme_table_is_the_catalogue():
+    assert readme_table() == [text for _, text in CATALOGUE]
