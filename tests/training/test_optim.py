@@ -45,3 +45,16 @@ def test_each_group_trains_at_its_share_of_the_lr_through_the_schedule():
         optimizer.step()
         scheduler.step()
     assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.2, 2.0])
+
+
+@pytest.mark.parametrize("warmup", [0.0, 0.3, 1.0])
+def test_onecycle_runs_at_any_warmup_share_down_to_two_steps(warmup):
+    """Two steps: OneCycleLR starts at lr / 25 and ends at lr / 25 / 1e4 whatever the warm-up share
+    (torch's own sizing divided by zero at warm-up 0, at a share of 1 / steps and at 1)."""
+    assert _lrs({"name": "onecycle", "warmup_fraction": warmup}, 2) == pytest.approx([0.04, 4e-6])
+    lrs = _lrs({"name": "onecycle", "warmup_fraction": warmup}, 3)
+    assert lrs[0] == pytest.approx(0.04) and lrs[-1] == pytest.approx(4e-6) and max(lrs) > 0.04
+
+
+def test_onecycle_of_one_step_trains_at_the_peak():
+    assert _lrs({"name": "onecycle", "warmup_fraction": 0.3}, 1) == [1.0]

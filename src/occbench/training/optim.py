@@ -35,9 +35,11 @@ def build_schedule(optimizer: torch.optim.Optimizer, settings: dict,
     """
     name, warmup = settings["name"], settings["warmup_fraction"]
     if name == "onecycle":
+        if total_steps == 1:  # no cycle fits in one step: it trains at the peak lr
+            return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
         peaks = [group["lr"] for group in optimizer.param_groups]
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, peaks, total_steps=total_steps,
-                                                   pct_start=max(warmup, 1.0 / total_steps))
+                                                   pct_start=_onecycle_share(warmup, total_steps))
     warmup_steps = int(round(warmup * total_steps))
     rest = max(total_steps - warmup_steps, 1)
     if name == "cosine":
@@ -50,3 +52,13 @@ def build_schedule(optimizer: torch.optim.Optimizer, settings: dict,
         return main
     ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup_steps)
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup_steps])
+
+
+def _onecycle_share(warmup: float, total_steps: int) -> float:
+    """OneCycleLR's pct_start: its warm-up ends at step pct_start * total - 1 and divides by that
+    phase's length, so the end must lie strictly after step 0 and before the last step. A share
+    that puts it on step 0 or on the last (warm-up 0 or up to 1 / total; 1) moves half a step in;
+    every other share is torch's."""
+    if warmup * total_steps <= 1:
+        return 1.5 / total_steps
+    return 1 - 0.5 / total_steps if warmup >= 1 else warmup
