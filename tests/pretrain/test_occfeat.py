@@ -13,6 +13,7 @@ from occbench.data.converters.synthetic import SyntheticConverter
 from occbench.data.synthetic_camera import CameraConfig
 from occbench.models.backbone import SparseBackbone
 from occbench.models.image_encoder import ImageEncoder, load_frozen_image_encoder, save_image_encoder
+from occbench.models.voxelize import VoxelGrid
 from occbench.pretrain.base import PretrainModel, RunContext
 from occbench.pretrain.occfeat import OccFeat, distillation_loss, occupied_voxels, project, sample_features
 from model_fixtures import step_leaves_the_teacher_unchanged
@@ -23,9 +24,9 @@ SMALL_CAMERA = {"name": "front", "width": 64, "height": 40, "hfov_deg": 90.0, "p
 
 
 def test_a_voxel_is_occupied_when_a_point_lies_inside():
-    grid = {"range": [0.0, 0.0, -1.0, 2.0, 2.0, 1.0], "voxel_size": [1.0, 1.0, 0.5]}
+    grid = VoxelGrid((0.0, 0.0, -1.0, 2.0, 2.0, 1.0), (1.0, 1.0, 0.5))  # 2 x 2 x 4 voxels
     points = torch.tensor([[0.5, 1.5, -0.9], [0.6, 1.2, -0.8], [1.9, 0.1, 0.99], [2.5, 0.5, 0.0], [0.5, 0.5, 1.2]])
-    occupied = occupied_voxels([points], grid, (2, 2, 4))
+    occupied = occupied_voxels([points], grid)
     # (0, 1, 0) holds two points, (1, 0, 3) one; the last two lie outside the volume
     assert torch.nonzero(occupied).tolist() == [[0, 0, 1, 0], [0, 1, 0, 3]]
 

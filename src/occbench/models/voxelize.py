@@ -40,6 +40,13 @@ class VoxelGrid:
         x, y, z = self.shape_xyz
         return [z, y, x]
 
+    def coords(self, xyz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Voxel coordinates (N, 3) x, y, z of points (N, 3), and whether each lies inside the grid."""
+        lower, size = self.lower.to(xyz.device), self.size.to(xyz.device)
+        coords = torch.floor((xyz - lower) / size).long()
+        inside = ((coords >= 0) & (coords < torch.tensor(self.shape_xyz, device=xyz.device))).all(dim=1)
+        return coords, inside
+
     def centres(self, indices: torch.Tensor) -> torch.Tensor:
         """Metric centres of voxels given spconv indices (batch, z, y, x)."""
         xyz = indices[:, [3, 2, 1]].float()
@@ -73,12 +80,10 @@ def voxelize(points: list[torch.Tensor], intensity: list[torch.Tensor], grid: Vo
     convolutions would fail on it with an assertion naming nothing.
     """
     device = points[0].device
-    lower, size = grid.lower.to(device), grid.size.to(device)
     dims = torch.tensor(grid.shape_xyz, device=device)
     all_keys, all_feats, in_range = [], [], []
     for batch_index, (xyz, inten) in enumerate(zip(points, intensity)):
-        coords = torch.floor((xyz - lower) / size).long()
-        inside = ((coords >= 0) & (coords < dims)).all(dim=1)
+        coords, inside = grid.coords(xyz)
         x, y, z = coords[inside].unbind(1)
         all_keys.append(((batch_index * dims[2] + z) * dims[1] + y) * dims[0] + x)
         all_feats.append(torch.cat([xyz[inside], inten[inside, None]], dim=1))

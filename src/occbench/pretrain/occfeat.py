@@ -58,7 +58,7 @@ from occbench.data.batch import Batch, CameraBatch
 from occbench.models.backbone import BackboneOutput, SparseBackbone
 from occbench.models.image_encoder import load_frozen_image_encoder, pixels
 from occbench.models.occupancy_head import OccupancyColumns
-from occbench.models.voxelize import VoxelBatch
+from occbench.models.voxelize import VoxelBatch, VoxelGrid
 from occbench.pretrain.base import PretrainMethod, RunContext
 
 MIN_DEPTH = 0.1  # metres in front of the camera below which a voxel centre is not projected
@@ -81,15 +81,12 @@ class OccFeatSettings:
                              f"{DISTILLATIONS}")
 
 
-def occupied_voxels(points: list[torch.Tensor], grid: dict, shape: tuple[int, int, int]) -> torch.Tensor:
-    """Occupancy (B, X, Y, Z) bool of the volume ``grid`` ({"range", "voxel_size"}): >= 1 point inside."""
-    lower = torch.tensor(grid["range"][:3], device=points[0].device)
-    size = torch.tensor(grid["voxel_size"], device=points[0].device)
-    extent = torch.tensor(shape, device=points[0].device)
-    occupied = torch.zeros(len(points), *shape, dtype=torch.bool, device=points[0].device)
+def occupied_voxels(points: list[torch.Tensor], grid: VoxelGrid) -> torch.Tensor:
+    """Occupancy (B, X, Y, Z) bool of the volume ``grid``: >= 1 point inside."""
+    occupied = torch.zeros(len(points), *grid.shape_xyz, dtype=torch.bool, device=points[0].device)
     for sample, cloud in enumerate(points):
-        index = torch.floor((cloud - lower) / size).long()
-        index = index[((index >= 0) & (index < extent)).all(dim=1)]
+        index, inside = grid.coords(cloud)
+        index = index[inside]
         occupied[sample, index[:, 0], index[:, 1], index[:, 2]] = True
     return occupied
 
@@ -148,6 +145,7 @@ class OccFeat(PretrainMethod):
         z0, z1 = volume["z_range"]
         self.columns = OccupancyColumns(backbone, {"range": [grid[0], grid[1], z0, grid[3], grid[4], z1],
                                                    "voxel_size": volume["voxel_size"]}, "OccFeat")
+        self.volume_grid = VoxelGrid(tuple(self.columns.grid["range"]), tuple(self.columns.grid["voxel_size"]))
         self.head = self.columns.head(backbone.bev_channels, self.options.hidden_dim, 1 + self.options.voxel_channels)
         self.to_feature = nn.Linear(self.options.voxel_channels, self.teacher.out_channels)
 
@@ -159,11 +157,9 @@ class OccFeat(PretrainMethod):
     def _targets(self, volume: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Occupancy (B, X, Y, Z), and for every (occupied voxel, camera) where it is seen, the predicted
         feature and the teacher's (unit) one, (M, D) each."""
-        occupied = occupied_voxels(batch.points, self.columns.grid, self.columns.shape)
+        occupied = occupied_voxels(batch.points, self.volume_grid)
         index = torch.nonzero(occupied)  # (N, 4): sample, x, y, z
-        lower = torch.tensor(self.columns.grid["range"][:3], device=volume.device)
-        size = torch.tensor(self.columns.grid["voxel_size"], device=volume.device)
-        centres = lower + (index[:, 1:] + 0.5) * size
+        centres = self.volume_grid.centres(index[:, [0, 3, 2, 1]])  # it takes spconv's (batch, z, y, x)
         latent = volume[index[:, 0], 1:, index[:, 1], index[:, 2], index[:, 3]]  # (N, voxel_channels)
         predicted, taught = [], []
         for camera in batch.cameras.values():
