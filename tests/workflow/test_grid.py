@@ -32,14 +32,15 @@ def test_scratch_has_no_pretraining_and_is_not_repeated_per_pretrain_fraction():
     assert len(scratch) == 2 * 5 * 3
 
 
-def test_the_default_grid_pairs_2_seeds_by_2_label_splits_below_full_labels():
+def test_the_default_grid_pairs_2_seeds_by_3_label_splits_below_full_labels():
     grid = Grid(load_params(SMOKE_FILES[0]))
     sources = 1 + 2  # scratch, ALSO at pre-training fractions 0.25 and 1
-    assert (len(grid.pretrain_runs), len(grid.finetune_runs)) == (2, sources * (2 * 2 + 2))
+    assert (len(grid.pretrain_runs), len(grid.finetune_runs)) == (2, sources * (2 * 3 + 2))
     assert {(r.seed, r.label_split_seed) for r in grid.finetune_runs if r.label_fraction == 0.05} == \
-        {(seed, split) for seed in (0, 1) for split in (0, 1)}
+        {(seed, split) for seed in (0, 1) for split in (0, 1, 2)}
     assert [spec for spec in grid.splits if spec[1] == "labels"] == [
-        ("synthetic", "labels", 0.05, 0), ("synthetic", "labels", 0.05, 1), ("synthetic", "labels", 1.0, 0)]
+        ("synthetic", "labels", 0.05, 0), ("synthetic", "labels", 0.05, 1), ("synthetic", "labels", 0.05, 2),
+        ("synthetic", "labels", 1.0, 0)]
 
 
 def test_label_split_seeds_are_a_second_axis_below_full_labels():
