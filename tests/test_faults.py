@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ from occbench.cli import main
 from occbench.config import merge
 from occbench.models.backbone import SparseBackbone
 from occbench.models.checkpoint import save_checkpoint
+from occbench.tasks.segmentation import SegmentationTask
+from occbench.training.loop import STATE_FILE, step_seed
 from smoke import ROOT, SMOKE_ARGS, smoke_params
 
 CATALOGUE = [
@@ -50,6 +53,9 @@ CATALOGUE = [
     ("checkpoint-other-backbone", "checkpoint: of another backbone"),
     ("checkpoint-other-grid", "checkpoint: of another voxel grid"),
     ("checkpoint-pickled-code", "checkpoint: a pickled object that would run code"),
+    ("training-loss-nan-finetune", "training: a loss that turns NaN or infinite (fine-tuning)"),
+    ("training-loss-nan-pretrain", "training: a loss that turns NaN or infinite (pre-training)"),
+    ("training-gradient-nan", "training: a finite loss with a non-finite gradient"),
 ]
 
 # (overlay on the smoke grid, what the message names after the file: the key path and the problem)
@@ -113,6 +119,7 @@ def world(tmp_path_factory) -> tuple[Path, list[str]]:
         assert main([*args, "convert", "--dataset", "synthetic"]) == 0
         assert main([*args, "split", "--dataset", "synthetic", "--subset", "labels", "--fraction", "1",
                      "--split-seed", "0"]) == 0
+        assert main([*args, "split", "--dataset", "synthetic", "--subset", "pretrain", "--fraction", "1"]) == 0
     return root, args
 
 
@@ -299,6 +306,58 @@ def checkpoint_case(kind: str, world: Path, args: list[str], capsys) -> None:
         CHECKPOINT.unlink(missing_ok=True)
 
 
+HUGE_LR = {"name": "adamw", "lr": 1e30, "weight_decay": 0.01}  # the first step's update overflows the next
+PRETRAIN = ["pretrain", "--backbone", "small", "--dataset", "synthetic", "--method", "also", "--fraction", "1"]
+SCRATCH_RUN = Path("results/finetune/segmentation/synthetic/small/scratch/labels_1/split_0/seed_0")
+# (overlay on the tiny world, the verb, its run folder, what turns non-finite at epoch 1 step 0)
+TRAINING = {
+    "training-loss-nan-finetune": ({"finetune": {"segmentation": {"optimizer": HUGE_LR}}}, FINETUNE_SCRATCH,
+                                   SCRATCH_RUN, "loss (nan)"),
+    "training-loss-nan-pretrain": ({"pretrain": {"epochs": 4, "optimizer": HUGE_LR}}, PRETRAIN, CHECKPOINT.parent,
+                                   "loss (nan)"),
+    "training-gradient-nan": ({}, FINETUNE_SCRATCH, SCRATCH_RUN, "gradient norm (nan)"),
+}
+
+
+def non_finite_gradient_at(epoch: int, step: int, loss):
+    """``loss`` plus sqrt(x - x) of the predictions at one step (the loop seeds torch per step): its value is
+    unchanged, its gradient not finite, as a float32 overflow in a backward pass gives."""
+    def patched(self, predictions, *rest):
+        value, logs = loss(self, predictions, *rest)
+        if torch.initial_seed() == step_seed(0, epoch, step):
+            value = value + (predictions - predictions.detach()).sqrt().sum()
+        return value, logs
+    return patched
+
+
+def training_case(kind: str, world: Path, args: list[str], capsys) -> None:
+    """Stopped at the step, before its update: the state on disk is the one before it, and a rerun resumes
+    from it and stops there again; no model, metrics or checkpoint."""
+    overlay, verb, run, what = TRAINING[kind]
+    params = world / f"{kind}.yaml"
+    params.write_text(yaml.safe_dump(overlay))
+    argv, state = [*args, "--params", str(params), *verb], run / STATE_FILE
+    named = (f"{run}: non-finite {what} at epoch 1 step 0; training stopped and wrote no result, the last good "
+             f"resume state (epoch 1 step 0) is kept at {state} (lower the learning rate or check the inputs)",)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            if kind == "training-gradient-nan":
+                patch.setattr(SegmentationTask, "loss", non_finite_gradient_at(1, 0, SegmentationTask.loss))
+            before = snapshot(world)
+            refused(argv, capsys, *named)
+            after = snapshot(world)
+            assert {name: after[name] for name in before} == before
+            assert sorted(set(after) - set(before)) == [str(run / name) for name in
+                                                        ("curves/epochs.tsv", "curves/steps.tsv", STATE_FILE)]
+            saved = torch.load(state, weights_only=True)
+            assert saved["progress"]["epoch"] == 1 and saved["progress"]["step"] == 0
+            assert all(value.isfinite().all() for value in saved["model"].values() if value.is_floating_point())
+            assert f"occbench: resuming {state} at epoch 1 step 0" in refused(argv, capsys, *named)
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+        params.unlink()
+
+
 @pytest.mark.parametrize(("kind", "text"), CATALOGUE, ids=[kind for kind, _ in CATALOGUE])
 def test_fault_is_refused_naming_file_and_problem(kind, text, world, tmp_path, monkeypatch, capsys):
     family = kind.split("-")[0]
@@ -308,7 +367,8 @@ def test_fault_is_refused_naming_file_and_problem(kind, text, world, tmp_path, m
     else:
         root, args = world
         monkeypatch.chdir(root)
-        {"frame": frame_case, "checkpoint": checkpoint_case}[family](kind, root, args, capsys)
+        {"frame": frame_case, "checkpoint": checkpoint_case, "training": training_case}[family](
+            kind, root, args, capsys)
 
 
 def test_the_pickled_payload_is_live(tmp_path):
