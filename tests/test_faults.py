@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +26,7 @@ import yaml
 
 from occbench.cli import main
 from occbench.config import merge
+from occbench.io import LOCK_FILE
 from occbench.models.backbone import SparseBackbone
 from occbench.models.checkpoint import save_checkpoint
 from occbench.tasks.segmentation import SegmentationTask
@@ -56,6 +63,8 @@ CATALOGUE = [
     ("training-loss-nan-finetune", "training: a loss that turns NaN or infinite (fine-tuning)"),
     ("training-loss-nan-pretrain", "training: a loss that turns NaN or infinite (pre-training)"),
     ("training-gradient-nan", "training: a finite loss with a non-finite gradient"),
+    ("interrupted-convert-killed", "interrupted: `occbench convert` killed mid-way"),
+    ("interrupted-second-writer", "interrupted: a second `occbench finetune` of a run being trained"),
 ]
 
 # (overlay on the smoke grid, what the message names after the file: the key path and the problem)
@@ -92,9 +101,10 @@ FINETUNE = ["finetune", "--task", "segmentation", "--backbone", "small", "--data
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every file under ``root`` with the SHA-256 of its bytes: what 'nothing lost or added' compares."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under ``root`` with the SHA-256 of its bytes, and every empty folder: what 'nothing lost
+    or added' compares."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "empty"
+            for p in sorted(root.rglob("*")) if p.is_file() or not any(p.iterdir())}
 
 
 def refused(argv: list[str], capsys, *named: str) -> str:
@@ -121,6 +131,16 @@ def world(tmp_path_factory) -> tuple[Path, list[str]]:
                      "--split-seed", "0"]) == 0
         assert main([*args, "split", "--dataset", "synthetic", "--subset", "pretrain", "--fraction", "1"]) == 0
     return root, args
+
+
+def remove_run(run: Path) -> None:
+    """A run folder a case made, and the folders above it left empty: the world as the case found it."""
+    shutil.rmtree(run, ignore_errors=True)
+    for folder in run.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def tiny_params() -> dict:
@@ -303,7 +323,7 @@ def checkpoint_case(kind: str, world: Path, args: list[str], capsys) -> None:
         assert snapshot(world) == before  # no run folder, no metrics; the checkpoint and the dataset as they were
         assert not CHECKPOINT.with_name("ran").exists()  # the pickled code never ran
     finally:
-        CHECKPOINT.unlink(missing_ok=True)
+        remove_run(CHECKPOINT.parent)
 
 
 HUGE_LR = {"name": "adamw", "lr": 1e30, "weight_decay": 0.01}  # the first step's update overflows the next
@@ -354,14 +374,114 @@ def training_case(kind: str, world: Path, args: list[str], capsys) -> None:
             assert all(value.isfinite().all() for value in saved["model"].values() if value.is_floating_point())
             assert f"occbench: resuming {state} at epoch 1 step 0" in refused(argv, capsys, *named)
     finally:
-        shutil.rmtree(run, ignore_errors=True)
+        remove_run(run)
         params.unlink()
+
+
+def occbench_process(argv: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    """``python -m occbench ARGV`` in ``cwd``, a job of its own; its output goes to ``log``."""
+    with log.open("wb") as output:
+        return subprocess.Popen([sys.executable, "-m", "occbench", *argv], cwd=cwd, stdout=output, stderr=output,
+                                env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+
+
+def wait_for(condition, job: subprocess.Popen, log: Path, seconds: float = 300) -> None:
+    """Poll ``condition`` until it holds; fail when ``job`` ends first or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert job.poll() is None, f"the job ended ({job.returncode}) first:\n{log.read_text()[-2000:]}"
+        assert time.monotonic() < deadline, f"waited {seconds} s:\n{log.read_text()[-2000:]}"
+        time.sleep(0.05)
+
+
+def stop(job: subprocess.Popen, signum: int = signal.SIGKILL) -> int:
+    if job.poll() is None:
+        job.send_signal(signum)
+    return job.wait(timeout=300)
+
+
+# 20 frames: a conversion long enough to be killed after its first few
+MANY_FRAMES = {"datasets": {"synthetic": {"num_scenes": 10, "frames_per_scene": 2, "val_fraction": 0.5,
+                                          "occupancy": None, "cameras": []}}}
+
+
+def frame_files(folder: Path) -> dict[str, tuple[int, int]]:
+    """Each frame file's (inode, mtime in ns): a frame rewritten, even atomically, changes both."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(folder.glob("*.npz"))}
+
+
+def same_frames(one: Path, other: Path) -> bool:
+    def arrays(path: Path) -> dict:
+        with np.load(path) as archive:
+            return dict(archive)
+    names = sorted(p.name for p in one.iterdir())
+    return names == sorted(p.name for p in other.iterdir()) and all(
+        {key: value.tolist() for key, value in arrays(one / name).items()}
+        == {key: value.tolist() for key, value in arrays(other / name).items()}
+        for name in names if name.endswith(".npz"))
+
+
+def convert_killed_case(tmp_path: Path, monkeypatch, capsys) -> None:
+    """SIGKILL after 3 frames: the rerun takes over the dead job's lock, writes only the missing frames,
+    removes the partial one, and ends with what an uninterrupted conversion writes."""
+    overlay, log = tmp_path / "many.yaml", tmp_path / "convert.log"
+    overlay.write_text(yaml.safe_dump(MANY_FRAMES))
+    argv = [*SMOKE_ARGS, "--params", str(overlay), "convert", "--dataset", "synthetic"]
+    data = tmp_path / "killed/results/data/synthetic"
+    data.parent.mkdir(parents=True)
+    job = occbench_process(argv, tmp_path / "killed", log)
+    try:
+        wait_for(lambda: len(list((data / "frames").glob("*.npz"))) >= 3, job, log)
+    finally:
+        assert stop(job) == -signal.SIGKILL
+    finished = frame_files(data / "frames")
+    assert 3 <= len(finished) < 20 and (data / LOCK_FILE).exists() and not (data / "index.json").exists()
+    monkeypatch.chdir(tmp_path / "killed")
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert (f"occbench: taking over {Path('results/data/synthetic') / LOCK_FILE} from occbench convert "
+            f"(pid {job.pid} on {socket.gethostname()} since ") in capsys.readouterr().err
+    assert {name: stamp for name, stamp in frame_files(data / "frames").items() if name in finished} == finished
+    (tmp_path / "whole").mkdir()
+    monkeypatch.chdir(tmp_path / "whole")
+    assert main(argv) == 0
+    whole = tmp_path / "whole/results/data/synthetic"
+    assert sorted(p.name for p in data.iterdir()) == sorted(p.name for p in whole.iterdir()) == ["frames",
+                                                                                                "index.json"]
+    assert (data / "index.json").read_text() == (whole / "index.json").read_text()
+    assert same_frames(data / "frames", whole / "frames")
+
+
+def second_writer_case(world: Path, args: list[str], tmp_path: Path, capsys) -> None:
+    """A second fine-tuning of a run that is training is refused before it reads or writes anything; the first
+    trains on, and its SIGTERM still saves its state and releases the lock."""
+    overlay, log = tmp_path / "long.yaml", tmp_path / "finetune.log"
+    overlay.write_text(yaml.safe_dump({"finetune": {"segmentation": {
+        "epochs": [{"up_to_label_fraction": 1.0, "epochs": 1000}]}}}))
+    argv, lock = [*args, "--params", str(overlay), *FINETUNE_SCRATCH], SCRATCH_RUN / LOCK_FILE
+    job = occbench_process(argv, world, log)
+    try:
+        wait_for(lambda: (SCRATCH_RUN / "curves/steps.tsv").exists(), job, log)  # training, under its lock
+        refused(argv, capsys, f"{SCRATCH_RUN}: occbench finetune (pid {job.pid} on {socket.gethostname()} since ",
+                f") is writing this folder (lock {lock}); a second occbench finetune of it is refused: wait for "
+                "the first to end")
+        assert job.poll() is None and f"(pid {job.pid} " in lock.read_text()
+        assert stop(job, signal.SIGTERM) == 128 + signal.SIGTERM
+        assert (SCRATCH_RUN / STATE_FILE).exists() and not lock.exists() and not (SCRATCH_RUN / "metrics.json").exists()
+    finally:
+        stop(job)
+        remove_run(SCRATCH_RUN)
 
 
 @pytest.mark.parametrize(("kind", "text"), CATALOGUE, ids=[kind for kind, _ in CATALOGUE])
 def test_fault_is_refused_naming_file_and_problem(kind, text, world, tmp_path, monkeypatch, capsys):
     family = kind.split("-")[0]
-    if family in ("params", "dataset", "kitti"):
+    if kind == "interrupted-convert-killed":
+        convert_killed_case(tmp_path, monkeypatch, capsys)
+    elif kind == "interrupted-second-writer":
+        monkeypatch.chdir(world[0])
+        second_writer_case(*world, tmp_path, capsys)
+    elif family in ("params", "dataset", "kitti"):
         monkeypatch.chdir(tmp_path)
         {"params": params_case, "dataset": dataset_case, "kitti": kitti_case}[family](kind, tmp_path, capsys)
     else:
