@@ -29,6 +29,7 @@ from occbench.config import merge
 from occbench.io import LOCK_FILE
 from occbench.models.backbone import SparseBackbone
 from occbench.models.checkpoint import save_checkpoint
+from occbench.models.image_encoder import ImageEncoder, save_image_encoder
 from occbench.tasks.segmentation import SegmentationTask
 from occbench.training.loop import STATE_FILE, step_seed
 from smoke import ROOT, SMOKE_ARGS, smoke_params
@@ -63,6 +64,9 @@ CATALOGUE = [
     ("training-loss-nan-finetune", "training: a loss that turns NaN or infinite (fine-tuning)"),
     ("training-loss-nan-pretrain", "training: a loss that turns NaN or infinite (pre-training)"),
     ("training-gradient-nan", "training: a finite loss with a non-finite gradient"),
+    ("teacher-weights-other-sha256", "pinned image-teacher weights: another file than the pinned SHA-256"),
+    ("teacher-weights-truncated", "pinned image-teacher weights: truncated"),
+    ("teacher-weights-missing", "pinned image-teacher weights: missing"),
     ("interrupted-convert-killed", "interrupted: `occbench convert` killed mid-way"),
     ("interrupted-second-writer", "interrupted: a second `occbench finetune` of a run being trained"),
 ]
@@ -79,7 +83,8 @@ PARAMS = {
     "params-transfer-unknown": ({"grid": {"transfers": [{"pretrain": "lyft", "finetune": "synthetic"}]}},
                                 "grid.transfers[0].pretrain: dataset 'lyft' is not defined under datasets"),
     "params-teacher-unknown": ({"pretrain": {"methods": {"picture": {"teacher": {"method": "byol"}}}}},
-                               "pretrain.methods.picture.teacher: {'method': 'byol'} is not valid"),
+                               "pretrain.methods.picture.teacher.method: 'byol' is not one of "
+                               "['also', 'occfeat', 'occupancy_mae', 'picture', 'spot']"),
     "params-teacher-off-grid": ({"pretrain": {"methods": {"picture": {"teacher": {"method": "also",
                                                                                   "fraction": 0.5}}}}},
                                 "pretrain.methods.picture.teacher.fraction: 0.5 is not one of "
@@ -210,7 +215,7 @@ def bad_checkpoint(kind: str, path: Path) -> tuple[str, ...]:
     """Write the bad checkpoint of ``kind`` at ``path``; what the refusal must name besides the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "checkpoint-missing":
-        return ("No such file or directory",)
+        return ("no such file (a checkpoint is expected there)",)
     if kind == "checkpoint-truncated":
         write_checkpoint(path)
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -378,6 +383,37 @@ def training_case(kind: str, world: Path, args: list[str], capsys) -> None:
         params.unlink()
 
 
+def teacher_case(kind: str, world: Path, args: list[str], capsys) -> None:
+    """OccFeat pinned to an image encoder (teacher.pt): a file other than the pinned one is refused before
+    pre-training reads it; no run folder is made."""
+    weights = world / "teacher.pt"
+    save_image_encoder(weights, ImageEncoder((4, 8)), {})
+    pinned = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if kind == "teacher-weights-other-sha256":
+        save_image_encoder(weights, ImageEncoder((4, 16)), {})
+    elif kind == "teacher-weights-truncated":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif kind == "teacher-weights-missing":
+        weights.unlink()
+    params = tiny_params()  # one file: an overlay cannot drop the self_supervised teacher
+    params["pretrain"]["methods"]["occfeat"]["teacher"] = {"name": "mae_cnn", "weights": str(weights),
+                                                           "sha256": pinned}
+    (world / "pinned.yaml").write_text(yaml.safe_dump(params))
+    found = weights.exists() and (hashlib.sha256(weights.read_bytes()).hexdigest(), weights.stat().st_size)
+    named = (f"{world / 'pinned.yaml'}: pretrain.methods.occfeat.teacher.weights: {weights}: no such file (a pinned "
+             "teacher must be there before the run: nothing is downloaded)",) if not found else (
+        f"{weights}: SHA-256 is {found[0]} (of {found[1]} bytes), but pretrain.methods.occfeat.teacher pins {pinned}: "
+        "not the pinned teacher (truncated, or another file)",)
+    try:
+        before = snapshot(world)
+        refused(["--params", str(world / "pinned.yaml"), *PRETRAIN[:PRETRAIN.index("--method") + 1], "occfeat",
+                 *PRETRAIN[PRETRAIN.index("--method") + 2:]], capsys, *named)
+        assert snapshot(world) == before
+    finally:
+        weights.unlink(missing_ok=True)
+        (world / "pinned.yaml").unlink()
+
+
 def occbench_process(argv: list[str], cwd: Path, log: Path) -> subprocess.Popen:
     """``python -m occbench ARGV`` in ``cwd``, a job of its own; its output goes to ``log``."""
     with log.open("wb") as output:
@@ -487,7 +523,8 @@ def test_fault_is_refused_naming_file_and_problem(kind, text, world, tmp_path, m
     else:
         root, args = world
         monkeypatch.chdir(root)
-        {"frame": frame_case, "checkpoint": checkpoint_case, "training": training_case}[family](
+        {"frame": frame_case, "checkpoint": checkpoint_case, "training": training_case,
+         "teacher": teacher_case}[family](
             kind, root, args, capsys)
 
 

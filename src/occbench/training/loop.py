@@ -53,6 +53,17 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, tmp)
 
 
+def load_torch(path: str | os.PathLike, what: str) -> Any:
+    """``what`` (a checkpoint, ...) read without running pickled code; a missing or unreadable file is refused
+    naming it (torch's own errors name neither the file nor the kind of file)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file ({what} is expected there)") from None
+    except Exception as err:
+        raise ValueError(f"{path}: cannot read as {what} ({err})") from err
+
+
 def seed_everything(seed: int, threads: int) -> None:
     """Fix the global RNGs before a model is built (its init draws from them)."""
     torch.manual_seed(seed)
