@@ -29,6 +29,7 @@ from occbench.config import merge
 from occbench.io import LOCK_FILE
 from occbench.models.backbone import SparseBackbone
 from occbench.models.checkpoint import save_checkpoint
+from occbench.workflow.grid import index_path
 from occbench.models.image_encoder import ImageEncoder, save_image_encoder
 from occbench.tasks.segmentation import SegmentationTask
 from occbench.training.loop import STATE_FILE, step_seed
@@ -69,6 +70,7 @@ CATALOGUE = [
     ("teacher-weights-missing", "pinned image-teacher weights: missing"),
     ("interrupted-convert-killed", "interrupted: `occbench convert` killed mid-way"),
     ("interrupted-second-writer", "interrupted: a second `occbench finetune` of a run being trained"),
+    ("interrupted-second-workflow", "interrupted: a second Snakemake workflow in the same folder"),
 ]
 
 # (overlay on the smoke grid, what the message names after the file: the key path and the problem)
@@ -509,11 +511,36 @@ def second_writer_case(world: Path, args: list[str], tmp_path: Path, capsys) -> 
         remove_run(SCRATCH_RUN)
 
 
-@pytest.mark.parametrize(("kind", "text"), CATALOGUE, ids=[kind for kind, _ in CATALOGUE])
+def second_workflow_case(tmp_path: Path) -> None:
+    """Snakemake's own lock refuses a workflow whose outputs a running one holds, before any job starts; the
+    lock is the one a running workflow writes (.snakemake/locks/N.output.lock, one output a line)."""
+    from conftest import copy_project
+
+    project = copy_project(tmp_path / "project")
+    (project / ".snakemake/locks").mkdir(parents=True)
+    (project / ".snakemake/locks/0.output.lock").write_text(f"{index_path('synthetic')}\n")
+    before = snapshot(project)
+    result = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--cores", "1",
+                             str(index_path("synthetic"))], cwd=project, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert (f"Error: Directory cannot be locked. Please make sure that no other Snakemake process is trying to "
+            f"create the same files in the following directory:\n{project}\n") in result.stdout + result.stderr
+    after = snapshot(project)
+    assert {name: after.get(name) for name in before} == before  # the other workflow's lock included
+    assert not [name for name in set(after) - set(before) if not name.startswith(".snakemake/")]
+
+
+SLOW = {"interrupted-second-workflow"}  # a Snakemake run: its start alone takes seconds
+
+
+@pytest.mark.parametrize(("kind", "text"), [pytest.param(*row, id=row[0], marks=[pytest.mark.slow] * (row[0] in SLOW))
+                                            for row in CATALOGUE])
 def test_fault_is_refused_naming_file_and_problem(kind, text, world, tmp_path, monkeypatch, capsys):
     family = kind.split("-")[0]
     if kind == "interrupted-convert-killed":
         convert_killed_case(tmp_path, monkeypatch, capsys)
+    elif kind == "interrupted-second-workflow":
+        second_workflow_case(tmp_path)
     elif kind == "interrupted-second-writer":
         monkeypatch.chdir(world[0])
         second_writer_case(*world, tmp_path, capsys)
