@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +26,13 @@ import yaml
 
 from occbench.cli import main
 from occbench.config import merge
+from occbench.io import LOCK_FILE
 from occbench.models.backbone import SparseBackbone
 from occbench.models.checkpoint import save_checkpoint
+from occbench.workflow.grid import index_path
+from occbench.models.image_encoder import ImageEncoder, save_image_encoder
+from occbench.tasks.segmentation import SegmentationTask
+from occbench.training.loop import STATE_FILE, step_seed
 from smoke import ROOT, SMOKE_ARGS, smoke_params
 
 CATALOGUE = [
@@ -50,6 +62,15 @@ CATALOGUE = [
     ("checkpoint-other-backbone", "checkpoint: of another backbone"),
     ("checkpoint-other-grid", "checkpoint: of another voxel grid"),
     ("checkpoint-pickled-code", "checkpoint: a pickled object that would run code"),
+    ("training-loss-nan-finetune", "training: a loss that turns NaN or infinite (fine-tuning)"),
+    ("training-loss-nan-pretrain", "training: a loss that turns NaN or infinite (pre-training)"),
+    ("training-gradient-nan", "training: a finite loss with a non-finite gradient"),
+    ("teacher-weights-other-sha256", "pinned image-teacher weights: another file than the pinned SHA-256"),
+    ("teacher-weights-truncated", "pinned image-teacher weights: truncated"),
+    ("teacher-weights-missing", "pinned image-teacher weights: missing"),
+    ("interrupted-convert-killed", "interrupted: `occbench convert` killed mid-way"),
+    ("interrupted-second-writer", "interrupted: a second `occbench finetune` of a run being trained"),
+    ("interrupted-second-workflow", "interrupted: a second Snakemake workflow in the same folder"),
 ]
 
 # (overlay on the smoke grid, what the message names after the file: the key path and the problem)
@@ -64,7 +85,8 @@ PARAMS = {
     "params-transfer-unknown": ({"grid": {"transfers": [{"pretrain": "lyft", "finetune": "synthetic"}]}},
                                 "grid.transfers[0].pretrain: dataset 'lyft' is not defined under datasets"),
     "params-teacher-unknown": ({"pretrain": {"methods": {"picture": {"teacher": {"method": "byol"}}}}},
-                               "pretrain.methods.picture.teacher: {'method': 'byol'} is not valid"),
+                               "pretrain.methods.picture.teacher.method: 'byol' is not one of "
+                               "['also', 'occfeat', 'occupancy_mae', 'picture', 'spot']"),
     "params-teacher-off-grid": ({"pretrain": {"methods": {"picture": {"teacher": {"method": "also",
                                                                                   "fraction": 0.5}}}}},
                                 "pretrain.methods.picture.teacher.fraction: 0.5 is not one of "
@@ -86,9 +108,10 @@ FINETUNE = ["finetune", "--task", "segmentation", "--backbone", "small", "--data
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every file under ``root`` with the SHA-256 of its bytes: what 'nothing lost or added' compares."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under ``root`` with the SHA-256 of its bytes, and every empty folder: what 'nothing lost
+    or added' compares."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "empty"
+            for p in sorted(root.rglob("*")) if p.is_file() or not any(p.iterdir())}
 
 
 def refused(argv: list[str], capsys, *named: str) -> str:
@@ -113,7 +136,18 @@ def world(tmp_path_factory) -> tuple[Path, list[str]]:
         assert main([*args, "convert", "--dataset", "synthetic"]) == 0
         assert main([*args, "split", "--dataset", "synthetic", "--subset", "labels", "--fraction", "1",
                      "--split-seed", "0"]) == 0
+        assert main([*args, "split", "--dataset", "synthetic", "--subset", "pretrain", "--fraction", "1"]) == 0
     return root, args
+
+
+def remove_run(run: Path) -> None:
+    """A run folder a case made, and the folders above it left empty: the world as the case found it."""
+    shutil.rmtree(run, ignore_errors=True)
+    for folder in run.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def tiny_params() -> dict:
@@ -183,7 +217,7 @@ def bad_checkpoint(kind: str, path: Path) -> tuple[str, ...]:
     """Write the bad checkpoint of ``kind`` at ``path``; what the refusal must name besides the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "checkpoint-missing":
-        return ("No such file or directory",)
+        return ("no such file (a checkpoint is expected there)",)
     if kind == "checkpoint-truncated":
         write_checkpoint(path)
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -296,19 +330,231 @@ def checkpoint_case(kind: str, world: Path, args: list[str], capsys) -> None:
         assert snapshot(world) == before  # no run folder, no metrics; the checkpoint and the dataset as they were
         assert not CHECKPOINT.with_name("ran").exists()  # the pickled code never ran
     finally:
-        CHECKPOINT.unlink(missing_ok=True)
+        remove_run(CHECKPOINT.parent)
 
 
-@pytest.mark.parametrize(("kind", "text"), CATALOGUE, ids=[kind for kind, _ in CATALOGUE])
+HUGE_LR = {"name": "adamw", "lr": 1e30, "weight_decay": 0.01}  # the first step's update overflows the next
+PRETRAIN = ["pretrain", "--backbone", "small", "--dataset", "synthetic", "--method", "also", "--fraction", "1"]
+SCRATCH_RUN = Path("results/finetune/segmentation/synthetic/small/scratch/labels_1/split_0/seed_0")
+# (overlay on the tiny world, the verb, its run folder, what turns non-finite at epoch 1 step 0)
+TRAINING = {
+    "training-loss-nan-finetune": ({"finetune": {"segmentation": {"optimizer": HUGE_LR}}}, FINETUNE_SCRATCH,
+                                   SCRATCH_RUN, "loss (nan)"),
+    "training-loss-nan-pretrain": ({"pretrain": {"epochs": 4, "optimizer": HUGE_LR}}, PRETRAIN, CHECKPOINT.parent,
+                                   "loss (nan)"),
+    "training-gradient-nan": ({}, FINETUNE_SCRATCH, SCRATCH_RUN, "gradient norm (nan)"),
+}
+
+
+def non_finite_gradient_at(epoch: int, step: int, loss):
+    """``loss`` plus sqrt(x - x) of the predictions at one step (the loop seeds torch per step): its value is
+    unchanged, its gradient not finite, as a float32 overflow in a backward pass gives."""
+    def patched(self, predictions, *rest):
+        value, logs = loss(self, predictions, *rest)
+        if torch.initial_seed() == step_seed(0, epoch, step):
+            value = value + (predictions - predictions.detach()).sqrt().sum()
+        return value, logs
+    return patched
+
+
+def training_case(kind: str, world: Path, args: list[str], capsys) -> None:
+    """Stopped at the step, before its update: the state on disk is the one before it, and a rerun resumes
+    from it and stops there again; no model, metrics or checkpoint."""
+    overlay, verb, run, what = TRAINING[kind]
+    params = world / f"{kind}.yaml"
+    params.write_text(yaml.safe_dump(overlay))
+    argv, state = [*args, "--params", str(params), *verb], run / STATE_FILE
+    named = (f"{run}: non-finite {what} at epoch 1 step 0; training stopped and wrote no result, the last good "
+             f"resume state (epoch 1 step 0) is kept at {state} (lower the learning rate or check the inputs)",)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            if kind == "training-gradient-nan":
+                patch.setattr(SegmentationTask, "loss", non_finite_gradient_at(1, 0, SegmentationTask.loss))
+            before = snapshot(world)
+            refused(argv, capsys, *named)
+            after = snapshot(world)
+            assert {name: after[name] for name in before} == before
+            assert sorted(set(after) - set(before)) == [str(run / name) for name in
+                                                        ("curves/epochs.tsv", "curves/steps.tsv", STATE_FILE)]
+            saved = torch.load(state, weights_only=True)
+            assert saved["progress"]["epoch"] == 1 and saved["progress"]["step"] == 0
+            assert all(value.isfinite().all() for value in saved["model"].values() if value.is_floating_point())
+            assert f"occbench: resuming {state} at epoch 1 step 0" in refused(argv, capsys, *named)
+    finally:
+        remove_run(run)
+        params.unlink()
+
+
+def teacher_case(kind: str, world: Path, args: list[str], capsys) -> None:
+    """OccFeat pinned to an image encoder (teacher.pt): a file other than the pinned one is refused before
+    pre-training reads it; no run folder is made."""
+    weights = world / "teacher.pt"
+    save_image_encoder(weights, ImageEncoder((4, 8)), {})
+    pinned = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if kind == "teacher-weights-other-sha256":
+        save_image_encoder(weights, ImageEncoder((4, 16)), {})
+    elif kind == "teacher-weights-truncated":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif kind == "teacher-weights-missing":
+        weights.unlink()
+    params = tiny_params()  # one file: an overlay cannot drop the self_supervised teacher
+    params["pretrain"]["methods"]["occfeat"]["teacher"] = {"name": "mae_cnn", "weights": str(weights),
+                                                           "sha256": pinned}
+    (world / "pinned.yaml").write_text(yaml.safe_dump(params))
+    found = weights.exists() and (hashlib.sha256(weights.read_bytes()).hexdigest(), weights.stat().st_size)
+    named = (f"{world / 'pinned.yaml'}: pretrain.methods.occfeat.teacher.weights: {weights}: no such file (a pinned "
+             "teacher must be there before the run: nothing is downloaded)",) if not found else (
+        f"{weights}: SHA-256 is {found[0]} (of {found[1]} bytes), but pretrain.methods.occfeat.teacher pins {pinned}: "
+        "not the pinned teacher (truncated, or another file)",)
+    try:
+        before = snapshot(world)
+        refused(["--params", str(world / "pinned.yaml"), *PRETRAIN[:PRETRAIN.index("--method") + 1], "occfeat",
+                 *PRETRAIN[PRETRAIN.index("--method") + 2:]], capsys, *named)
+        assert snapshot(world) == before
+    finally:
+        weights.unlink(missing_ok=True)
+        (world / "pinned.yaml").unlink()
+
+
+def occbench_process(argv: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    """``python -m occbench ARGV`` in ``cwd``, a job of its own; its output goes to ``log``."""
+    with log.open("wb") as output:
+        return subprocess.Popen([sys.executable, "-m", "occbench", *argv], cwd=cwd, stdout=output, stderr=output,
+                                env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+
+
+def wait_for(condition, job: subprocess.Popen, log: Path, seconds: float = 300) -> None:
+    """Poll ``condition`` until it holds; fail when ``job`` ends first or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert job.poll() is None, f"the job ended ({job.returncode}) first:\n{log.read_text()[-2000:]}"
+        assert time.monotonic() < deadline, f"waited {seconds} s:\n{log.read_text()[-2000:]}"
+        time.sleep(0.05)
+
+
+def stop(job: subprocess.Popen, signum: int = signal.SIGKILL) -> int:
+    """Send ``signum`` unless the job has ended; its exit code (-N: killed by signal N)."""
+    if job.poll() is None:
+        job.send_signal(signum)
+    return job.wait(timeout=300)
+
+
+# 20 frames: a conversion long enough to be killed after its first few
+MANY_FRAMES = {"datasets": {"synthetic": {"num_scenes": 10, "frames_per_scene": 2, "val_fraction": 0.5,
+                                          "occupancy": None, "cameras": []}}}
+
+
+def frame_files(folder: Path) -> dict[str, tuple[int, int]]:
+    """Each frame file's (inode, mtime in ns): a frame rewritten, even atomically, changes both."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(folder.glob("*.npz"))}
+
+
+def same_frames(one: Path, other: Path) -> bool:
+    def arrays(path: Path) -> dict:
+        with np.load(path) as archive:
+            return dict(archive)
+    names = sorted(p.name for p in one.iterdir())
+    return names == sorted(p.name for p in other.iterdir()) and all(
+        {key: value.tolist() for key, value in arrays(one / name).items()}
+        == {key: value.tolist() for key, value in arrays(other / name).items()}
+        for name in names if name.endswith(".npz"))
+
+
+def convert_killed_case(tmp_path: Path, monkeypatch, capsys) -> None:
+    """SIGKILL after 3 frames: the rerun takes over the dead job's lock, writes only the missing frames,
+    removes the partial one, and ends with what an uninterrupted conversion writes."""
+    overlay, log = tmp_path / "many.yaml", tmp_path / "convert.log"
+    overlay.write_text(yaml.safe_dump(MANY_FRAMES))
+    argv = [*SMOKE_ARGS, "--params", str(overlay), "convert", "--dataset", "synthetic"]
+    data = tmp_path / "killed/results/data/synthetic"
+    data.parent.mkdir(parents=True)
+    job = occbench_process(argv, tmp_path / "killed", log)
+    try:
+        wait_for(lambda: len(list((data / "frames").glob("*.npz"))) >= 3, job, log)
+    finally:
+        stop(job)
+    assert job.returncode == -signal.SIGKILL
+    finished = frame_files(data / "frames")
+    assert 3 <= len(finished) < 20 and (data / LOCK_FILE).exists() and not (data / "index.json").exists()
+    monkeypatch.chdir(tmp_path / "killed")
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert (f"occbench: taking over {Path('results/data/synthetic') / LOCK_FILE} from occbench convert "
+            f"(pid {job.pid} on {socket.gethostname()} since ") in capsys.readouterr().err
+    assert {name: stamp for name, stamp in frame_files(data / "frames").items() if name in finished} == finished
+    (tmp_path / "whole").mkdir()
+    monkeypatch.chdir(tmp_path / "whole")
+    assert main(argv) == 0
+    whole = tmp_path / "whole/results/data/synthetic"
+    assert sorted(p.name for p in data.iterdir()) == sorted(p.name for p in whole.iterdir()) == ["frames",
+                                                                                                "index.json"]
+    assert (data / "index.json").read_text() == (whole / "index.json").read_text()
+    assert same_frames(data / "frames", whole / "frames")
+
+
+def second_writer_case(world: Path, args: list[str], tmp_path: Path, capsys) -> None:
+    """A second fine-tuning of a run that is training is refused before it reads or writes anything; the first
+    trains on, and its SIGTERM still saves its state and releases the lock."""
+    overlay, log = tmp_path / "long.yaml", tmp_path / "finetune.log"
+    overlay.write_text(yaml.safe_dump({"finetune": {"segmentation": {
+        "epochs": [{"up_to_label_fraction": 1.0, "epochs": 1000}]}}}))
+    argv, lock = [*args, "--params", str(overlay), *FINETUNE_SCRATCH], SCRATCH_RUN / LOCK_FILE
+    job = occbench_process(argv, world, log)
+    try:
+        wait_for(lambda: (SCRATCH_RUN / "curves/steps.tsv").exists(), job, log)  # training, under its lock
+        refused(argv, capsys, f"{SCRATCH_RUN}: occbench finetune (pid {job.pid} on {socket.gethostname()} since ",
+                f") is writing this folder (lock {lock}); a second occbench finetune of it is refused: wait for "
+                "the first to end")
+        assert job.poll() is None and f"(pid {job.pid} " in lock.read_text()
+        assert stop(job, signal.SIGTERM) == 128 + signal.SIGTERM
+        assert (SCRATCH_RUN / STATE_FILE).exists() and not lock.exists() and not (SCRATCH_RUN / "metrics.json").exists()
+    finally:
+        stop(job)
+        remove_run(SCRATCH_RUN)
+
+
+def second_workflow_case(tmp_path: Path) -> None:
+    """Snakemake's own lock refuses a workflow whose outputs a running one holds, before any job starts; the
+    lock is the one a running workflow writes (.snakemake/locks/N.output.lock, one output a line)."""
+    from conftest import copy_project
+
+    project = copy_project(tmp_path / "project")
+    (project / ".snakemake/locks").mkdir(parents=True)
+    (project / ".snakemake/locks/0.output.lock").write_text(f"{index_path('synthetic')}\n")
+    before = snapshot(project)
+    result = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--cores", "1",
+                             str(index_path("synthetic"))], cwd=project, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert (f"Error: Directory cannot be locked. Please make sure that no other Snakemake process is trying to "
+            f"create the same files in the following directory:\n{project}\n") in result.stdout + result.stderr
+    after = snapshot(project)
+    assert {name: after.get(name) for name in before} == before  # the other workflow's lock included
+    assert not [name for name in set(after) - set(before) if not name.startswith(".snakemake/")]
+
+
+SLOW = {"interrupted-second-workflow"}  # a Snakemake run: its start alone takes seconds
+
+
+@pytest.mark.parametrize(("kind", "text"), [pytest.param(*row, id=row[0], marks=[pytest.mark.slow] * (row[0] in SLOW))
+                                            for row in CATALOGUE])
 def test_fault_is_refused_naming_file_and_problem(kind, text, world, tmp_path, monkeypatch, capsys):
     family = kind.split("-")[0]
-    if family in ("params", "dataset", "kitti"):
+    if kind == "interrupted-convert-killed":
+        convert_killed_case(tmp_path, monkeypatch, capsys)
+    elif kind == "interrupted-second-workflow":
+        second_workflow_case(tmp_path)
+    elif kind == "interrupted-second-writer":
+        monkeypatch.chdir(world[0])
+        second_writer_case(*world, tmp_path, capsys)
+    elif family in ("params", "dataset", "kitti"):
         monkeypatch.chdir(tmp_path)
         {"params": params_case, "dataset": dataset_case, "kitti": kitti_case}[family](kind, tmp_path, capsys)
     else:
         root, args = world
         monkeypatch.chdir(root)
-        {"frame": frame_case, "checkpoint": checkpoint_case}[family](kind, root, args, capsys)
+        {"frame": frame_case, "checkpoint": checkpoint_case, "training": training_case,
+         "teacher": teacher_case}[family](
+            kind, root, args, capsys)
 
 
 def test_the_pickled_payload_is_live(tmp_path):

@@ -7,20 +7,31 @@ can also be run, debugged and resumed by hand.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 from pathlib import Path
 
 from occbench.config import load_params
+from occbench.io import folder_lock
 from occbench.preemption import Preempted
 from occbench.workflow.grid import PARAMS_ENV, REPORTS, Grid, params_files_from_env
 
 
+def _writing(folder: Path, args) -> contextlib.AbstractContextManager:
+    """The verb's output folder, locked while it writes there (by rank 0, the rank that writes)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return folder_lock(folder, f"occbench {args.verb}")
+
+
 def _convert(args, params) -> None:
     from occbench.data.convert import convert
+    from occbench.workflow.grid import data_dir
 
-    failures = convert(params, args.dataset, workers=args.workers)
+    with _writing(data_dir(args.dataset), args):
+        failures = convert(params, args.dataset, workers=args.workers)
     if failures:
         raise SystemExit(f"occbench convert: {len(failures)} frame(s) failed:\n  " + "\n  ".join(failures))
 
@@ -40,14 +51,18 @@ def _pretrain(args, params) -> None:
     from occbench.pretrain.job import pretrain
     from occbench.workflow.grid import pretrain_run
 
-    pretrain(params, pretrain_run(params, args.backbone, args.dataset, args.method, args.fraction))
+    run = pretrain_run(params, args.backbone, args.dataset, args.method, args.fraction)
+    with _writing(run.directory, args):
+        pretrain(params, run)
 
 
 def _image_teacher(args, params) -> None:
     from occbench.pretrain.image_teacher import train_image_teacher
     from occbench.workflow.grid import ImageTeacherRun
 
-    meta = train_image_teacher(params, ImageTeacherRun(args.dataset, args.method, args.fraction))
+    run = ImageTeacherRun(args.dataset, args.method, args.fraction)
+    with _writing(run.directory, args):
+        meta = train_image_teacher(params, run)
     print({"sha256": meta["sha256"], **meta["pretext"]})
 
 
@@ -56,7 +71,8 @@ def _finetune(args, params) -> None:
 
     run = Grid(params).finetune_run(args.task, args.backbone, args.dataset, args.source,
                                     args.label_fraction, args.seed, args.label_split_seed)
-    metrics = finetune(params, run)
+    with _writing(run.directory, args):
+        metrics = finetune(params, run)
     print({key: value for key, value in metrics.items() if not isinstance(value, dict)})
 
 

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import jsonschema
 import yaml
+from jsonschema.exceptions import best_match
 
 from occbench.data.splits import check_nesting
 
@@ -51,7 +52,10 @@ def _key_path(path: Any) -> str:
 def validate_params(params: Any, source: str = "params.yaml") -> dict[str, Any]:
     """Raise ParamsError naming every bad key of ``params``; return it unchanged."""
     validator = jsonschema.Draft202012Validator(load_schema())
-    errors = sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path)))
+    # A value matching none of a oneOf's forms: the form it comes closest to says what is wrong in it
+    # (a teacher's unknown method), where the oneOf itself only says that it is not valid.
+    errors = sorted((best_match([e]) if e.context else e for e in validator.iter_errors(params)),
+                    key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = [f"{source}: {_key_path(e.absolute_path)}: {e.message}" for e in errors]
         raise ParamsError("invalid parameters\n  " + "\n  ".join(lines))

@@ -1,19 +1,28 @@
-"""Atomic file output and content hashing.
+"""Atomic file output, folder locks and content hashing.
 
 Every artefact of the DAG is written to a temporary file in the same folder and
 renamed into place, so an interrupted job never leaves a half-written output
-that a later step (or a resumed run) would mistake for a finished one.
+that a later step (or a resumed run) would mistake for a finished one. A verb
+holds its output folder's lock while it writes there, so two of them never
+write the same folder at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import socket
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
+
+LOCK_FILE = ".occbench.lock"
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -65,3 +74,53 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
 def sha256_json(data: Any) -> str:
     """Hash of a JSON-able object, independent of key order."""
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+class FolderLocked(ValueError):
+    """Another live occbench process is writing the folder."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, verb: str) -> Iterator[None]:
+    """Hold ``folder``'s lock while ``verb`` writes there; refuse when another process holds it.
+
+    The lock is a POSIX record lock (``lockf``) on ``folder``/.occbench.lock, a file naming its holder
+    (pid, host, start) for the message. The kernel (or the NFS lock manager) releases it when the holder
+    dies, SIGKILL included, so the file a killed job leaves holds nothing and the next verb takes it over.
+    The holder must not open the lock file otherwise: closing any descriptor of it drops the lock.
+    Folders made for the lock that stay empty (the verb wrote nothing) are removed again.
+    """
+    folder = Path(folder)
+    made = [path for path in (folder, *folder.parents) if not path.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            if err.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            raise FolderLocked(f"{folder}: {holder} is writing this folder (lock {path}); a second {verb} of it "
+                               "is refused: wait for the first to end") from None
+        if path.exists() and path.stat().st_ino == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # its holder removed it between our open and lock: lock the new file
+    left = os.read(fd, 4096).decode(errors="replace").strip()
+    if left:
+        print(f"occbench: taking over {path} from {left}, which no longer runs", file=sys.stderr)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{verb} (pid {os.getpid()} on {socket.gethostname()} since "
+                  f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})\n".encode(), 0)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+        for made_folder in made:  # the innermost first; stop at the first one something was written in
+            try:
+                made_folder.rmdir()
+            except OSError:
+                break

@@ -62,3 +62,15 @@ def test_a_saved_encoder_loads_frozen_with_the_same_outputs(tmp_path):
     images = torch.rand(1, 3, 16, 24)
     assert torch.equal(loaded(images), encoder(images))
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_a_truncated_or_missing_encoder_is_refused_naming_the_file(tmp_path):
+    """A teacher the DAG trained is not hash-pinned: reading it is what catches a broken file."""
+    path = tmp_path / "encoder.pt"
+    save_image_encoder(path, ImageEncoder((4, 8)), {})
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(ValueError, match=f"^{path}: cannot read as an image-encoder checkpoint \\("):
+        load_frozen_image_encoder(path)
+    path.unlink()
+    with pytest.raises(FileNotFoundError, match=f"^{path}: no such file \\(an image-encoder checkpoint is expected"):
+        load_frozen_image_encoder(path)

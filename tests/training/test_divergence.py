@@ -24,8 +24,8 @@ def test_nan_loss_names_the_step_and_leaves_no_metrics(tmp_path, capsys):
                         "--dataset", "synthetic", "--source", "scratch", "--label-fraction", "1", "--seed", "0")
         err = capsys.readouterr().err
         assert code == 2
-        assert f"{RUN_DIR}: loss is nan at epoch 0 step 1; the last good resume state is kept in " \
-               f"{RUN_DIR}/train_state.pt" in err
+        assert f"{RUN_DIR}: non-finite loss (nan) at epoch 0 step 1; training stopped and wrote no result, the " \
+               f"last good resume state (epoch 0 step 1) is kept at {RUN_DIR}/train_state.pt" in err
         assert not os.path.exists(f"{RUN_DIR}/metrics.json")
         state = torch.load(f"{RUN_DIR}/train_state.pt", weights_only=True)
         assert state["progress"]["step"] == 1  # after the one good step

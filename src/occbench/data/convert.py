@@ -6,7 +6,9 @@ This module is the one driver all of them share:
 
 - frames are written one by one, atomically, so memory stays bounded by one
   frame per worker and a stopped conversion resumes where it stopped (a frame
-  file that exists is complete);
+  file that exists is complete; the temporary file of the frame a killed
+  conversion was writing is removed: the CLI holds the folder's lock, so no
+  other conversion is writing it);
 - the dataset's settings are kept beside the frames: when they change, the
   frames written under the old settings are removed instead of reused;
 - a frame that fails is reported with the input it came from; the others still
@@ -98,6 +100,8 @@ def run_conversion(name: str, converter: Converter, settings: dict[str, Any], wo
     if len(set(ids)) != len(ids):
         raise ValueError(f"dataset {name!r}: its converter lists some frame ids twice")
     _forget_stale_frames(frames_dir, settings)
+    for partial_frame in frames_dir.glob(".*.tmp"):  # atomic_path's temporaries, of a killed conversion
+        partial_frame.unlink()
     job = partial(_convert_one, frames_dir=frames_dir)
     _ACTIVE = converter
     try:

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Collection
 
 import torch
 from torch import nn
 
-from occbench.training import save_torch
+from occbench.training import load_torch, save_torch
 
 CHECKPOINT_VERSION = 2  # 2: records the parameters pre-training trained
 
@@ -80,13 +79,7 @@ def save_checkpoint(path: str | os.PathLike, backbone: nn.Module, meta: dict[str
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint's dict; one without the record of trained parameters is refused."""
-    path = Path(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:
-        raise CheckpointMismatchError(f"{path}: cannot read as a checkpoint ({err})") from err
+    checkpoint = load_torch(path, "a checkpoint")
     if not isinstance(checkpoint, dict) or "backbone" not in checkpoint:
         raise CheckpointMismatchError(f"{path}: not an occbench checkpoint (no 'backbone' state dict)")
     trained = checkpoint.get("trained_parameters")

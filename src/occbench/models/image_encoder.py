@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from occbench.data.batch import Batch
-from occbench.training import save_torch
+from occbench.training import load_torch, save_torch
 
 IMAGE_ENCODER_KIND = "occbench_image_encoder"  # a checkpoint's "kind": what load_frozen_image_encoder reads
 IMAGE_ENCODER_VERSION = 1
@@ -106,7 +106,7 @@ def save_image_encoder(path: str | os.PathLike, encoder: ImageEncoder, meta: dic
 
 def load_frozen_image_encoder(path: str | os.PathLike) -> ImageEncoder:
     """The encoder an image-encoder checkpoint holds, frozen and in eval mode; any other file is refused."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_torch(path, "an image-encoder checkpoint")
     if not isinstance(checkpoint, dict) or checkpoint.get("kind") != IMAGE_ENCODER_KIND \
             or checkpoint.get("version") != IMAGE_ENCODER_VERSION:
         raise ValueError(f"{path}: not an occbench image-encoder checkpoint (version {IMAGE_ENCODER_VERSION})")

@@ -53,8 +53,9 @@ def teacher_record(run: PretrainRun) -> dict | None:
         raise FileNotFoundError(f"{path}: teacher checkpoint of {run.variant} not found")
     sha256 = sha256_file(path)
     if isinstance(run.teacher, PinnedTeacher) and sha256 != run.teacher.sha256:
-        raise ValueError(f"{path}: SHA-256 is {sha256}, but pretrain.methods.{run.method}.teacher pins "
-                         f"{run.teacher.sha256}")
+        raise ValueError(f"{path}: SHA-256 is {sha256} (of {path.stat().st_size} bytes), but pretrain.methods."
+                         f"{run.method}.teacher pins {run.teacher.sha256}: not the pinned teacher (truncated, "
+                         "or another file)")
     return {"name": teacher_name(run.teacher, run.fraction), "file": str(path), "sha256": sha256}
 
 

@@ -103,7 +103,6 @@ def finetune(params: dict, run: FinetuneRun) -> dict:
                          "matched_split": matched_split and matched_split["sha256"]})
 
     started = time.perf_counter()
-    run.directory.mkdir(parents=True, exist_ok=True)
     result = fit(model, dataset, needs, config, execution, run.directory, resume_key, desc=run.task)
     ddp = init_distributed(execution["device"])  # the group fit() trained in; rank 0 evaluates and writes
     if not ddp.is_main:

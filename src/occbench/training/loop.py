@@ -16,6 +16,9 @@ torchrun's ranks, curves, and surviving a cluster:
 - SIGTERM and SIGUSR1 (what SLURM sends before a time limit or preemption)
   save the state at the end of the current step and raise ``Preempted``; the
   CLI then exits with 128 + the signal number, and a requeued job resumes.
+- A non-finite loss (or, in float32, gradient norm) stops the run before that
+  step's update with a ``FloatingPointError`` naming the step: the resume state
+  on disk is the last good one, and the job writes no result.
 """
 
 from __future__ import annotations
@@ -48,6 +51,17 @@ STATE_FILE = "train_state.pt"
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def load_torch(path: str | os.PathLike, what: str) -> Any:
+    """``what`` (a checkpoint, ...) read without running pickled code; a missing or unreadable file is refused
+    naming it (torch's own errors name neither the file nor the kind of file)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file ({what} is expected there)") from None
+    except Exception as err:
+        raise ValueError(f"{path}: cannot read as {what} ({err})") from err
 
 
 def seed_everything(seed: int, threads: int) -> None:
@@ -174,12 +188,23 @@ def fit(model: nn.Module, dataset: FrameDataset, needs: frozenset[str], config: 
         steps_curve.truncate(first_step[progress_state["epoch"]] + progress_state["step"])
         epochs_curve.truncate(progress_state["epoch"])
 
+    saved = resumed_from  # where the resume state on disk of these inputs stands, None: there is none
+
     def save_state() -> None:
+        nonlocal saved
         if ddp.is_main:
             save_torch({"digest": digest, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                         "progress": progress_state}, state_path)
+        saved = {"epoch": progress_state["epoch"], "step": progress_state["step"]}
         barrier(ddp)
+
+    def diverged(what: str, epoch: int, step: int) -> FloatingPointError:
+        """The error of a non-finite step: before its update, so the state on disk predates it."""
+        kept = (f"the last good resume state (epoch {saved['epoch']} step {saved['step']}) is kept at {state_path}"
+                if saved else "no resume state was saved before it")
+        return FloatingPointError(f"{run_dir}: non-finite {what} at epoch {epoch} step {step}; training stopped "
+                                  f"and wrote no result, {kept} (lower the learning rate or check the inputs)")
 
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     timing = {"data": 0.0, "forward": 0.0, "backward": 0.0}
@@ -206,16 +231,19 @@ def fit(model: nn.Module, dataset: FrameDataset, needs: frozenset[str], config: 
                 data_seconds = clock.lap()
                 with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
                     loss, logs = trainable(batch, generator)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"{run_dir}: loss is {loss.item()} at epoch {epoch} step {step}; the last good "
-                        f"resume state is kept in {state_path}")
+                if any_rank(not torch.isfinite(loss).item(), ddp, device):  # every rank stops at this step
+                    raise diverged(f"loss ({loss.item()})", epoch, step)
                 forward_seconds = clock.lap()
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if config.grad_clip is not None:
                     scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                elif not amp:
+                    norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+                # AMP's scaler skips a step of non-finite gradients; in float32 the step would poison the weights.
+                if not amp and not torch.isfinite(norm):
+                    raise diverged(f"gradient norm ({norm.item()})", epoch, step)
                 with_grad = [(name, p.grad) for name, p in named if p.grad is not None]
                 if with_grad:
                     nonzero = torch.stack([g.detach().abs().amax().float() for _, g in with_grad]) > 0
