@@ -17,13 +17,23 @@ reader that hard-codes raw indices fails.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
+
+REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
+SWEEP = REAL / "nuscenes_LIDAR_TOP_1532402927647951.pcd.bin"
+needs_real = pytest.mark.skipif(
+    not SWEEP.exists(), reason=f"real LiDAR test files are not at {REAL.resolve()} (../shared/data/real)")
+needs_devkit = pytest.mark.skipif(
+    importlib.util.find_spec("nuscenes") is None,
+    reason="nuscenes-devkit is not installed (pip install --no-deps nuscenes-devkit==1.2.0 and its imports)")
 
 VERSION = "v1.0-mini"
 # The official lidarseg category names, in the official order.

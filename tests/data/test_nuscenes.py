@@ -1,7 +1,6 @@
 """The nuScenes converter: its reader on a real sweep, and the whole conversion on a
 fixture table set (tests/nuscenes_fixture.py) that the real devkit loads."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -9,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nuscenes_fixture import INTRINSICS, OBJECTS, ObjectSpec, build_nuscenes, box_mask
+from nuscenes_fixture import (INTRINSICS, OBJECTS, SWEEP, ObjectSpec, box_mask, build_nuscenes, needs_devkit,
+                              needs_real)
 from occbench.data import taxonomy
 from occbench.data.convert import run_conversion
 from occbench.data.converters.nuscenes import NuScenesConverter, read_sweep
@@ -17,13 +17,6 @@ from occbench.data.dataset import FrameIndex
 from occbench.data.frame import bicycle_racks, box_annotations, cameras, ego_origin
 from occbench.data.taxonomy import CLASS_ID, IGNORE_INDEX
 
-REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
-SWEEP = REAL / "nuscenes_LIDAR_TOP_1532402927647951.pcd.bin"
-needs_real = pytest.mark.skipif(
-    not SWEEP.exists(), reason=f"real LiDAR test files are not at {REAL.resolve()} (../shared/data/real)")
-needs_devkit = pytest.mark.skipif(
-    importlib.util.find_spec("nuscenes") is None,
-    reason="nuscenes-devkit is not installed (pip install --no-deps nuscenes-devkit==1.2.0 and its imports)")
 
 # What the fixture's lidarseg names must become, spelled out here rather than read from taxonomy.
 UNIFIED = {
