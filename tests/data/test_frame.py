@@ -175,3 +175,11 @@ def test_a_bad_box_annotation_names_the_file_and_the_field(tmp_path, name, value
     with pytest.raises(FrameFormatError, match=problem) as err:
         load_frame(path)
     assert str(path) in str(err.value)
+
+
+def test_a_nuscenes_frame_converted_without_box_annotations_is_refused():
+    """Read with the defaults, its buses would be scored as trucks and its cycles not at all."""
+    frame = boxed_frame()
+    frame.meta.update(dataset="nuscenes", sequence="scene-0061", index=3)
+    with pytest.raises(FrameFormatError, match="frame nuscenes/scene-0061/3 has no box_names.*convert it again"):
+        box_annotations(frame)

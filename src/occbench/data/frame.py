@@ -90,6 +90,11 @@ _OPTIONAL_SHAPES: dict[str, tuple[tuple[int | str, ...], str]] = {
 }
 
 
+# Datasets whose converter keeps the box annotations: their frames without them predate that,
+# and read with the defaults they would be scored on the unified classes, not the source's.
+_ANNOTATED_DATASETS = frozenset({"nuscenes"})
+
+
 class FrameFormatError(ValueError):
     """A frame file is missing a field or holds arrays of the wrong shape."""
 
@@ -278,6 +283,12 @@ def box_annotations(frame: Frame) -> BoxAnnotations:
     the frame's points inside each box (sweeps included) and no radar point."""
     count = len(frame.boxes)
     names = frame.extras.get("box_names")
+    dataset = frame.meta.get("dataset")
+    if names is None and dataset in _ANNOTATED_DATASETS:
+        raise FrameFormatError(
+            f"frame {dataset}/{frame.meta.get('sequence', '?')}/{frame.meta.get('index', '?')} has no box_names: "
+            "it was converted before occbench kept the source's box annotations; convert it again"
+        )
     if names is None:
         unknown = np.unique(frame.box_labels[(frame.box_labels < 0) | (frame.box_labels >= NUM_CLASSES)])
         if unknown.size:
