@@ -1,11 +1,12 @@
 """Seconds of occbench's detection evaluation against nuscenes-devkit's on the same boxes.
 
-Random nuScenes-format frames (ground truth of the ten classes, predictions as noisy
-copies plus false positives), evaluated by ``occbench.metrics.detection`` (end to end:
-arrays in, metrics out) and by the devkit's ``DetectionEval.evaluate`` (matching and
+Random nuScenes-format frames (ground truth of the ten classes with the devkit's
+attributes and LiDAR point counts, a tenth of them 0; predictions as noisy copies plus
+false positives), evaluated by ``occbench.metrics.detection`` (end to end: arrays in,
+filtering, metrics out) and by the devkit's ``DetectionEval.evaluate`` (matching and
 metrics only, on EvalBoxes built and filtered beforehand, so the devkit's figure leaves
-out its loading). Prints both times, the speed-up and the largest difference between
-the two results. Asserts nothing about speed.
+out its loading and filtering). Prints both times, the speed-up and the largest
+difference between the two results. Asserts nothing about speed.
 
     python benchmarks/detection_eval.py [--frames 100] [--boxes 50] [--repeats 5]
 """
@@ -21,6 +22,21 @@ from occbench.metrics.detection import NUSCENES_CLASS_RANGE, TP_METRICS, Detecti
 from occbench.metrics.nuscenes_devkit import devkit_evaluate, filtered_eval_boxes
 
 CLASSES = list(NUSCENES_CLASS_RANGE)
+# The attribute names of each class's kind, by prefix; cones and barriers have none.
+_ATTRIBUTE_PREFIX = {"pedestrian": "pedestrian.", "bicycle": "cycle.", "motorcycle": "cycle.",
+                     "traffic_cone": None, "barrier": None}
+
+
+def _attributes(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
+    """A random attribute of the devkit's ATTRIBUTE_NAMES that fits each box's class, '' where none does."""
+    from nuscenes.eval.detection.constants import ATTRIBUTE_NAMES
+
+    chosen = []
+    for label in labels:
+        prefix = _ATTRIBUTE_PREFIX.get(label, "vehicle.")
+        names = [name for name in ATTRIBUTE_NAMES if prefix and name.startswith(prefix)] or [""]
+        chosen.append(names[rng.integers(len(names))])
+    return np.array(chosen)
 
 
 def random_frames(frames: int, boxes: int, seed: int) -> tuple[list[DetectionBoxes], list[DetectionBoxes]]:
@@ -31,8 +47,10 @@ def random_frames(frames: int, boxes: int, seed: int) -> tuple[list[DetectionBox
         center = np.c_[rng.uniform(-50, 50, (boxes, 2)), rng.normal(0, 1, boxes)]
         size, yaw = rng.uniform(0.4, 5, (boxes, 3)), rng.uniform(-np.pi, np.pi, boxes)
         labels, velocity = rng.choice(CLASSES, boxes), rng.normal(0, 3, (boxes, 2))
-        ground_truth.append(DetectionBoxes(center=center, size=size, yaw=yaw, labels=labels,
-                                           velocity=velocity))
+        attributes = _attributes(rng, labels)
+        ground_truth.append(DetectionBoxes(
+            center=center, size=size, yaw=yaw, labels=labels, velocity=velocity, attributes=attributes,
+            num_points=np.where(rng.random(boxes) < 0.1, 0, rng.integers(1, 200, boxes))))
         copied = rng.random(boxes) < 0.8
         fake = ~copied
         pred_center = center + rng.normal(0, 0.8, (boxes, 3))
@@ -40,7 +58,8 @@ def random_frames(frames: int, boxes: int, seed: int) -> tuple[list[DetectionBox
         predictions.append(DetectionBoxes(
             center=pred_center, size=size * rng.uniform(0.7, 1.3, (boxes, 3)),
             yaw=yaw + rng.normal(0, 0.5, boxes), labels=labels,
-            velocity=velocity + rng.normal(0, 1, (boxes, 2)), scores=rng.random(boxes)))
+            velocity=velocity + rng.normal(0, 1, (boxes, 2)), scores=rng.random(boxes),
+            attributes=np.where(rng.random(boxes) < 0.8, attributes, _attributes(rng, labels))))
     return ground_truth, predictions
 
 

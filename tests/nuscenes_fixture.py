@@ -17,13 +17,23 @@ reader that hard-codes raw indices fails.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
+
+REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
+SWEEP = REAL / "nuscenes_LIDAR_TOP_1532402927647951.pcd.bin"
+needs_real = pytest.mark.skipif(
+    not SWEEP.exists(), reason=f"real LiDAR test files are not at {REAL.resolve()} (../shared/data/real)")
+needs_devkit = pytest.mark.skipif(
+    importlib.util.find_spec("nuscenes") is None,
+    reason="nuscenes-devkit is not installed (pip install --no-deps nuscenes-devkit==1.2.0 and its imports)")
 
 VERSION = "v1.0-mini"
 # The official lidarseg category names, in the official order.
@@ -77,7 +87,7 @@ SCENES = (
 
 
 @dataclass(frozen=True)
-class _ObjectSpec:
+class ObjectSpec:
     category: str
     attribute: str | None
     # Placement in the LiDAR frame of scene-0061's first keyframe.
@@ -88,14 +98,15 @@ class _ObjectSpec:
     yaw: float
     velocity: tuple[float, float, float]  # world m/s
     keyframes: tuple[int, ...]  # which keyframes of scene-0061 annotate it
+    radar_points: int = 0
 
 
 OBJECTS = (
-    _ObjectSpec("vehicle.car", "vehicle.parked", (-5.0, -4.6, -1.0), 4.4, 1.9, 1.8, 1.45, (0, 0, 0), (0, 1)),
-    _ObjectSpec("human.pedestrian.adult", "pedestrian.moving", (3.0, 7.0, -1.1), 0.8, 0.7, 1.8, 0.3,
+    ObjectSpec("vehicle.car", "vehicle.parked", (-5.0, -4.6, -1.0), 4.4, 1.9, 1.8, 1.45, (0, 0, 0), (0, 1)),
+    ObjectSpec("human.pedestrian.adult", "pedestrian.moving", (3.0, 7.0, -1.1), 0.8, 0.7, 1.8, 0.3,
                 (1.2, -0.5, 0.0), (0, 1)),
-    _ObjectSpec("movable_object.trafficcone", None, (-5.8, -2.6, -1.3), 0.8, 0.8, 1.0, 0.0, (0, 0, 0), (0,)),
-    _ObjectSpec("animal", None, (10.0, -3.0, -1.5), 0.8, 0.4, 0.6, 0.2, (0, 0, 0), (0,)),
+    ObjectSpec("movable_object.trafficcone", None, (-5.8, -2.6, -1.3), 0.8, 0.8, 1.0, 0.0, (0, 0, 0), (0,)),
+    ObjectSpec("animal", None, (10.0, -3.0, -1.5), 0.8, 0.4, 0.6, 0.2, (0, 0, 0), (0,)),
 )
 
 
@@ -110,6 +121,9 @@ class PlacedBox:
     height: float
     yaw: float
     velocity: np.ndarray  # world m/s; NaN where the object has a single annotation
+    attribute: str  # '' for none
+    lidar_points: int  # the real points inside, as the table's num_lidar_pts
+    radar_points: int
 
 
 @dataclass
@@ -214,14 +228,15 @@ def _link(rows: list[dict]) -> None:
         before["next"], after["prev"] = after["token"], before["token"]
 
 
-def build_nuscenes(root: Path, real_sweep: Path) -> NuScenesFixture:
-    """Write the table set under ``root`` (the dataroot) and describe what a converter must find."""
+def build_nuscenes(root: Path, real_sweep: Path, objects: tuple[ObjectSpec, ...] = OBJECTS) -> NuScenesFixture:
+    """Write the table set under ``root`` (the dataroot) and describe what a converter must find;
+    ``objects`` are annotated in scene-0061."""
     real = np.fromfile(real_sweep, dtype=np.float32).reshape(-1, 5)
     tables = _Tables(root)
     for name in CATEGORIES:
         tables.add("category", token=_token("category", name), name=name, description=f"{name} objects",
                    index=CATEGORY_INDEX[name])
-    for name in ("vehicle.parked", "pedestrian.moving"):
+    for name in sorted({spec.attribute for spec in objects if spec.attribute}):
         tables.add("attribute", token=_token("attribute", name), name=name, description=name)
     for level, band in enumerate(("v0-40", "v40-60", "v60-80", "v80-100"), start=1):
         tables.add("visibility", token=str(level), level=band, description=f"visibility of {band}%")
@@ -236,7 +251,7 @@ def build_nuscenes(root: Path, real_sweep: Path) -> NuScenesFixture:
     keyframes = []
     for scene_index, scene in enumerate(SCENES):
         keyframes += _add_scene(tables, scene, scene_index, real)
-    _add_objects(tables, keyframes, real)
+    _add_objects(tables, keyframes, real, objects)
     for keyframe in keyframes:
         _write_lidarseg(tables, keyframe)
     tables.write()
@@ -342,13 +357,14 @@ def _stuff_names(real: np.ndarray) -> np.ndarray:
     return names
 
 
-def _add_objects(tables: _Tables, keyframes: list[Keyframe], real: np.ndarray) -> None:
-    """Annotate OBJECTS in scene-0061 and write their points' names into its keyframes' ground truth."""
+def _add_objects(tables: _Tables, keyframes: list[Keyframe], real: np.ndarray,
+                 objects: tuple[ObjectSpec, ...]) -> None:
+    """Annotate ``objects`` in scene-0061 and write their points' names into its keyframes' ground truth."""
     annotated = [k for k in keyframes if k.scene == "scene-0061"]
     first = annotated[0].lidar_to_world
     world_points = real[:, :3].astype(np.float64) @ first[:3, :3].T + first[:3, 3]
-    for spec in OBJECTS:
-        instance_token = _token("instance", spec.category)
+    for number, spec in enumerate(objects):
+        instance_token = _token("instance", spec.category, number)
         center = first[:3, :3] @ np.asarray(spec.center) + first[:3, 3]
         world_yaw = spec.yaw + _yaw_of(first)
         velocity = np.asarray(spec.velocity, float) if len(spec.keyframes) > 1 else np.full(3, np.nan)
@@ -361,14 +377,15 @@ def _add_objects(tables: _Tables, keyframes: list[Keyframe], real: np.ndarray) -
             to_lidar = np.linalg.inv(keyframe.lidar_to_world)
             keyframe.boxes.append(PlacedBox(
                 spec.category, to_lidar[:3, :3] @ at + to_lidar[:3, 3], spec.length, spec.width, spec.height,
-                math.remainder(world_yaw - _yaw_of(keyframe.lidar_to_world), 2 * math.pi), velocity))
+                math.remainder(world_yaw - _yaw_of(keyframe.lidar_to_world), 2 * math.pi), velocity,
+                spec.attribute or "", int(inside.sum()), spec.radar_points))
             rows.append(tables.add(
-                "sample_annotation", token=_token("annotation", spec.category, index),
+                "sample_annotation", token=_token("annotation", spec.category, number, index),
                 sample_token=keyframe.sample_token, instance_token=instance_token, visibility_token="4",
                 attribute_tokens=[_token("attribute", spec.attribute)] if spec.attribute else [],
                 translation=at.tolist(), size=[spec.width, spec.length, spec.height],
                 rotation=_yaw_quaternion(world_yaw), prev="", next="", num_lidar_pts=int(inside.sum()),
-                num_radar_pts=0))
+                num_radar_pts=spec.radar_points))
         _link(rows)
         tables.add("instance", token=instance_token, category_token=_token("category", spec.category),
                    nbr_annotations=len(rows), first_annotation_token=rows[0]["token"],

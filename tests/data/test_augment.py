@@ -181,6 +181,20 @@ def test_velocity_follows_the_motion_it_describes():
         assert out.extras["box_velocity"].dtype == np.float32
 
 
+def test_ego_origin_and_bicycle_racks_move_with_the_points():
+    """A rack placed on a box stays on it; the ego origin moves as a point, not as a direction."""
+    frame = make_frame()
+    frame.extras["ego_origin"] = np.array([1.5, -0.5, 0.0])
+    frame.extras["bicycle_racks"] = frame.boxes[1:].copy()
+    for seed in range(8):
+        transform = WIDE.sample(np.random.default_rng(seed))
+        out = WIDE.apply(frame, transform)
+        np.testing.assert_allclose(out.extras["bicycle_racks"], out.boxes[1:], atol=1e-6)
+        assert out.extras["bicycle_racks"].dtype == np.float32
+        np.testing.assert_allclose(out.extras["ego_origin"],
+                                   transform.transform_points(np.array([[1.5, -0.5, 0.0]]))[0])
+
+
 @pytest.mark.parametrize(
     "transform, expected",
     [

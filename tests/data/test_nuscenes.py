@@ -1,7 +1,6 @@
 """The nuScenes converter: its reader on a real sweep, and the whole conversion on a
 fixture table set (tests/nuscenes_fixture.py) that the real devkit loads."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -9,21 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nuscenes_fixture import INTRINSICS, build_nuscenes, box_mask
+from nuscenes_fixture import (INTRINSICS, OBJECTS, SWEEP, ObjectSpec, box_mask, build_nuscenes, needs_devkit,
+                              needs_real)
 from occbench.data import taxonomy
 from occbench.data.convert import run_conversion
 from occbench.data.converters.nuscenes import NuScenesConverter, read_sweep
 from occbench.data.dataset import FrameIndex
-from occbench.data.frame import cameras
+from occbench.data.frame import bicycle_racks, box_annotations, cameras, ego_origin
 from occbench.data.taxonomy import CLASS_ID, IGNORE_INDEX
 
-REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
-SWEEP = REAL / "nuscenes_LIDAR_TOP_1532402927647951.pcd.bin"
-needs_real = pytest.mark.skipif(
-    not SWEEP.exists(), reason=f"real LiDAR test files are not at {REAL.resolve()} (../shared/data/real)")
-needs_devkit = pytest.mark.skipif(
-    importlib.util.find_spec("nuscenes") is None,
-    reason="nuscenes-devkit is not installed (pip install --no-deps nuscenes-devkit==1.2.0 and its imports)")
 
 # What the fixture's lidarseg names must become, spelled out here rather than read from taxonomy.
 UNIFIED = {
@@ -186,13 +179,57 @@ def test_box_velocity_is_rotated_into_the_lidar_frame(dataset):
     for i in (0, 1):
         keyframe = fixture.keyframe("scene-0061", i)
         frame = index.load(keyframe.frame_id)
-        world = np.nan_to_num(np.array([box.velocity for box in keyframe.boxes if box.category != "animal"]))
+        world = np.array([box.velocity for box in keyframe.boxes if box.category != "animal"])
         expected = (world @ keyframe.lidar_to_world[:3, :3])[:, :2]
         assert frame.extras["box_velocity"].dtype == np.float32
-        assert np.allclose(frame.extras["box_velocity"], expected, atol=1e-5)
+        assert np.allclose(frame.extras["box_velocity"], expected, atol=1e-5, equal_nan=True)
         assert np.linalg.norm(frame.extras["box_velocity"][1]) == pytest.approx(1.3, abs=1e-5)  # walker
-    assert np.array_equal(index.load(fixture.keyframe("scene-0061", 0).frame_id).extras["box_velocity"][2],
-                          [0.0, 0.0])  # a single annotation: no velocity, NaN becomes 0
+    # A single annotation: no velocity, NaN as the devkit's box_velocity (its AVE leaves it out).
+    assert np.isnan(index.load(fixture.keyframe("scene-0061", 0).frame_id).extras["box_velocity"][2]).all()
+
+
+@needs_real
+@needs_devkit
+def test_boxes_keep_detection_class_attribute_point_counts_and_the_ego_origin(dataset):
+    fixture, (_, index), _ = dataset
+    for keyframe in fixture.keyframes[:2]:
+        annotations = box_annotations(index.load(keyframe.frame_id))
+        placed = [box for box in keyframe.boxes if box.category != "animal"]
+        # The devkit's detection classes, finer than the unified ones (the cone is a barrier there).
+        assert annotations.names.tolist() == ["car", "pedestrian", "traffic_cone"][:len(placed)]
+        assert annotations.attributes.tolist() == ["vehicle.parked", "pedestrian.moving", ""][:len(placed)]
+        assert annotations.lidar_points.tolist() == [box.lidar_points for box in placed]
+        assert annotations.radar_points.tolist() == [0] * len(placed) and min(annotations.lidar_points) > 5
+    frame = index.load(fixture.keyframe("scene-0061", 0).frame_id)
+    # The ego origin lies 0.94 m behind and 1.84 m below LIDAR_TOP, whose y axis is the car's forward.
+    assert np.allclose(ego_origin(frame), [0.0, -0.943713, -1.84023], atol=1e-9)
+    assert bicycle_racks(frame).shape == (0, 7)
+
+
+@needs_real
+@needs_devkit
+def test_bicycle_racks_are_kept_apart_from_the_boxes(tmp_path):
+    rack = ObjectSpec("static_object.bicycle_rack", None, (2.0, -8.0, -1.2), 6.0, 1.5, 1.2, 0.7, (0, 0, 0), (0,))
+    fixture = build_nuscenes(tmp_path / "nuscenes", SWEEP, (*OBJECTS, rack))
+    converter = NuScenesConverter(settings(fixture.root, cameras=[]))
+    keyframe = fixture.keyframe("scene-0061", 0)
+    frame = converter.load(next(s for s in converter.sources() if s.frame_id == keyframe.frame_id))
+    assert len(frame.boxes) == 3  # the rack is no box of a unified class
+    assert np.allclose(bicycle_racks(frame), [[2.0, -8.0, -1.2, 6.0, 1.5, 1.2, 0.7]], atol=1e-4)
+
+
+@needs_real
+@needs_devkit
+def test_an_annotation_with_two_attributes_is_named(tmp_path):
+    fixture = build_nuscenes(tmp_path / "nuscenes", SWEEP)
+    table = fixture.root / "v1.0-mini" / "sample_annotation.json"
+    records = json.loads(table.read_text())
+    records[0]["attribute_tokens"] *= 2
+    table.write_text(json.dumps(records))
+    converter = NuScenesConverter(settings(fixture.root, cameras=[]))
+    source = next(s for s in converter.sources() if s.frame_id == fixture.keyframe("scene-0061", 0).frame_id)
+    with pytest.raises(ValueError, match=rf"sample_annotation\.json: annotation {records[0]['token']} has 2 attr"):
+        converter.load(source)
 
 
 @needs_real

@@ -1,12 +1,17 @@
-"""Detection metrics equal nuscenes-devkit's DetectionEval on random boxes, and hand cases."""
+"""Detection metrics equal nuscenes-devkit's DetectionEval on random boxes and on a converted nuScenes
+sample (the fixture tables around the real sweep, through the devkit's official path), and hand cases."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import numpy as np
 import pytest
 
+from nuscenes_fixture import needs_devkit, needs_real
+from occbench.data.frame import bicycle_racks, ego_origin
 from occbench.metrics import detection
 from occbench.metrics.detection import (
     NUSCENES_CLASS_RANGE,
@@ -14,6 +19,8 @@ from occbench.metrics.detection import (
     DetectionBoxes,
     DetectionSettings,
     evaluate_detection,
+    evaluate_frames,
+    frame_ground_truth,
 )
 from occbench.metrics.nuscenes_devkit import devkit_metrics
 
@@ -219,3 +226,179 @@ def test_bad_input_gets_an_error_naming_the_problem():
         evaluate_detection(gt, [DetectionBoxes(**{**box, "scores": None}, labels=["car"])])
     with pytest.raises(ValueError, match="sizes must be > 0"):
         evaluate_detection(gt, [DetectionBoxes(**{**box, "size": [[1, 0, 1]]}, labels=["car"])])
+
+
+# nuScenes categories the converted sample annotates, with their boxes' extents (l, w, h) and
+# attributes; an ambulance and an animal have no detection class: neither side may evaluate them.
+CATEGORIES = {
+    "vehicle.car": ((4.5, 1.9, 1.7), VEHICLE_ATTRIBUTES), "vehicle.truck": ((7.0, 2.5, 3.0), VEHICLE_ATTRIBUTES),
+    "vehicle.bus.rigid": ((11.0, 2.9, 3.4), VEHICLE_ATTRIBUTES),
+    "vehicle.bus.bendy": ((17.0, 2.9, 3.4), VEHICLE_ATTRIBUTES),
+    "vehicle.trailer": ((10.0, 2.8, 3.8), VEHICLE_ATTRIBUTES),
+    "vehicle.construction": ((6.5, 2.8, 3.2), VEHICLE_ATTRIBUTES),
+    "vehicle.bicycle": ((1.8, 0.6, 1.3), ATTRIBUTES["bicycle"]),
+    "vehicle.motorcycle": ((2.1, 0.8, 1.5), ATTRIBUTES["motorcycle"]),
+    "human.pedestrian.adult": ((0.7, 0.7, 1.75), ATTRIBUTES["pedestrian"]),
+    "human.pedestrian.child": ((0.5, 0.5, 1.2), ATTRIBUTES["pedestrian"]),
+    "human.pedestrian.construction_worker": ((0.7, 0.7, 1.8), ATTRIBUTES["pedestrian"]),
+    "movable_object.trafficcone": ((0.4, 0.4, 1.0), [None]), "movable_object.barrier": ((0.5, 2.5, 1.0), [None]),
+    "vehicle.emergency.ambulance": ((6.0, 2.3, 2.6), VEHICLE_ATTRIBUTES), "animal": ((0.8, 0.4, 0.6), [None]),
+}
+
+
+def annotated_sample_objects(seed: int = 0) -> tuple:
+    """Objects of every detection class around scene-0061's ego: most standing on real ground points,
+    some beyond their class range, some up in the air with no LiDAR point (a few of those with radar
+    points), a bicycle and a motorcycle in a bicycle rack, a cone within its 30 m of the sensor but
+    not of the ego, some annotated in one keyframe only (no velocity), some without attribute."""
+    from nuscenes_fixture import SWEEP, ObjectSpec
+
+    rng = np.random.default_rng(seed)
+    real = np.fromfile(SWEEP, dtype=np.float32).reshape(-1, 5)[:, :3]
+    ground = real[(real[:, 2] < -1.5) & (np.hypot(real[:, 0], real[:, 1]) < 45)]
+    objects = []
+    for category, (size, attributes) in CATEGORIES.items():
+        for _ in range(5):
+            extent = np.asarray(size) * rng.uniform(0.8, 1.2, 3)
+            foot = ground[rng.integers(len(ground))]
+            placement = rng.random()
+            if placement < 0.15:  # far out
+                centre = (*rng.uniform(45, 60) * np.array([np.cos(t := rng.uniform(0, 2 * np.pi)), np.sin(t)]), -1.0)
+            elif placement < 0.35:  # in the air: no LiDAR point
+                centre = (foot[0], foot[1], 8.0)
+            else:  # standing on a ground return
+                centre = (foot[0], foot[1], foot[2] - 0.05 + extent[2] / 2)
+            attribute = attributes[rng.integers(len(attributes))] if rng.random() > 0.1 else None
+            keyframes = ((0,), (1,), (0, 1), (0, 1))[rng.integers(4)]
+            velocity = (*rng.normal(0, 2, 2), 0.0) if len(keyframes) == 2 and rng.random() < 0.7 else (0, 0, 0)
+            objects.append(ObjectSpec(category, attribute, centre, *extent, rng.uniform(-np.pi, np.pi), velocity,
+                                      keyframes, radar_points=int(placement >= 0.15 and rng.random() < 0.5) * 3))
+    objects += [
+        ObjectSpec("static_object.bicycle_rack", None, (6.0, 3.0, -1.2), 4.0, 2.0, 1.6, 0.4, (0, 0, 0), (0, 1)),
+        ObjectSpec("vehicle.bicycle", "cycle.without_rider", (5.5, 3.0, -1.3), 1.7, 0.6, 1.2, 1.9, (0, 0, 0), (0, 1)),
+        ObjectSpec("vehicle.motorcycle", "cycle.without_rider", (6.8, 3.3, -1.2), 2.0, 0.8, 1.4, 2.0, (0, 0, 0),
+                   (0, 1)),
+        # 29.6 m from the LiDAR, 30.5 m from the ego origin 0.94 m behind it: out of range.
+        ObjectSpec("movable_object.trafficcone", None, (0.0, 29.6, -1.4), 0.4, 0.4, 1.0, 0.0, (0, 0, 0), (0,),
+                   radar_points=2),
+    ]
+    return tuple(objects)
+
+
+def predictions_from(rng: np.random.Generator, gt: DetectionBoxes, false_positives: int) -> DetectionBoxes:
+    """Noisy copies of 80 % of ``gt`` (shifted, resized, turned, some attributes and classes wrong,
+    some barriers turned half a turn) plus random boxes, with scores that tie."""
+    fake = random_ground_truth(rng, false_positives, nan_velocity=False, spread=50.0)
+    fake["center"][:, 2] = -1.0
+    kept = np.flatnonzero(rng.random(len(gt.yaw)) < 0.8)
+    boxes = {key: np.concatenate([np.asarray(getattr(gt, key))[kept], fake[key]])
+             for key in ("center", "size", "yaw", "labels", "attributes")}
+    boxes["velocity"] = np.concatenate([np.nan_to_num(gt.velocity[kept]), fake["velocity"]])
+    total = len(boxes["yaw"])
+    boxes["center"] = boxes["center"] + rng.normal(0, 0.6, (total, 3))
+    boxes["size"] = boxes["size"] * rng.uniform(0.7, 1.3, (total, 3))
+    boxes["yaw"] = (boxes["yaw"] + rng.normal(0, 0.4, total)
+                    + np.pi * ((boxes["labels"] == "barrier") & (rng.random(total) < 0.5)))
+    boxes["velocity"] = boxes["velocity"] + rng.normal(0, 1, (total, 2))
+    boxes["attributes"] = np.where(rng.random(total) < 0.2, fake["attributes"][0], boxes["attributes"])
+    boxes["labels"] = np.where(rng.random(total) < 0.05, rng.choice(CLASSES, total), boxes["labels"])
+    order = rng.permutation(total)
+    return DetectionBoxes(**{key: value[order] for key, value in boxes.items()},
+                          scores=np.round(rng.random(total), 2)[order])
+
+
+@pytest.fixture(scope="module")
+def converted_sample(tmp_path_factory):
+    """scene-0061 of the nuScenes fixture (the real sweep) with many annotated objects, converted by
+    occbench, loaded by the devkit, and predictions on its frames."""
+    from nuscenes import NuScenes
+    from nuscenes_fixture import SWEEP, build_nuscenes
+
+    from occbench.data.converters.nuscenes import NuScenesConverter
+
+    fixture = build_nuscenes(tmp_path_factory.mktemp("nuscenes") / "nuscenes", SWEEP, annotated_sample_objects())
+    converter = NuScenesConverter({"kind": "nuscenes", "root": str(fixture.root), "version": "v1.0-mini",
+                                   "sweeps": 0, "cameras": [], "lidarseg": False})
+    frames = [converter.load(source) for source in converter.sources() if source.scene == "scene-0061"]
+    rng = np.random.default_rng(0)
+    predictions = [predictions_from(rng, frame_ground_truth(frame, DetectionSettings()), 15) for frame in frames]
+    return NuScenes("v1.0-mini", str(fixture.root), verbose=False), frames, predictions
+
+
+def official_evaluation(nusc, frames, predictions, folder):
+    """nuscenes-devkit's DetectionEval from a results file, as a submission is scored; its metrics."""
+    from nuscenes.eval.common.config import config_factory
+    from nuscenes.eval.detection.evaluate import DetectionEval
+
+    from occbench.metrics.nuscenes_devkit import results_json
+
+    path = folder / "results.json"
+    path.write_text(json.dumps(results_json(frames, predictions)))
+    evaluator = DetectionEval(nusc, config_factory("detection_cvpr_2019"), str(path), eval_set="mini_train",
+                              output_dir=str(folder / "devkit"), verbose=False)
+    return evaluator.evaluate()[0]
+
+
+@needs_real
+@needs_devkit
+def test_equals_the_devkit_on_a_converted_nuscenes_sample(converted_sample, tmp_path):
+    """Ground truth from occbench's converted frames against the devkit's own: load_gt from the
+    tables, add_center_dist from the ego poses, filter_eval_boxes with the NuScenes object."""
+    nusc, frames, predictions = converted_sample
+    theirs = official_evaluation(nusc, frames, predictions, tmp_path)
+    ours = evaluate_frames(frames, predictions)
+    assert_equals_devkit(ours, theirs)
+    assert 0.05 < ours.mean_ap < 0.95 and all(ours.label_aps[name][4.0] > 0 for name in CLASSES)
+    assert not math.isnan(ours.tp_errors["attr_err"]) and not math.isnan(ours.tp_errors["vel_err"])
+
+
+@needs_real
+@needs_devkit
+@pytest.mark.parametrize("dropped", ["point counts", "ego origin", "bicycle racks"])
+def test_without_what_frames_keep_the_numbers_differ_from_the_devkit(converted_sample, tmp_path, dropped):
+    """Each of the frames' fields matters: evaluated without it, occbench no longer equals the devkit."""
+    nusc, frames, predictions = converted_sample
+    theirs = official_evaluation(nusc, frames, predictions, tmp_path)
+    settings = DetectionSettings()
+    gt = [frame_ground_truth(frame, settings) for frame in frames]
+    ego = np.array([ego_origin(frame)[:2] for frame in frames])
+    racks = [bicycle_racks(frame) for frame in frames]
+    if dropped == "point counts":
+        gt = [dataclasses.replace(boxes, num_points=None) for boxes in gt]
+    elif dropped == "ego origin":
+        ego = None
+    else:
+        racks = None
+    ours = evaluate_detection(gt, predictions, settings, ego_xy=ego, bicycle_racks=racks)
+    with pytest.raises(AssertionError):
+        assert_equals_devkit(ours, theirs)
+
+
+def test_default_settings_are_the_devkits_detection_cvpr_2019():
+    pytest.importorskip("nuscenes", reason="nuscenes-devkit is not installed")
+    from nuscenes.eval.common.config import config_factory
+
+    config, ours = config_factory("detection_cvpr_2019"), DetectionSettings()
+    assert dict(ours.class_range) == config.class_range and ours.class_names == tuple(config.class_names)
+    assert list(ours.dist_thresholds) == config.dist_ths and ours.tp_threshold == config.dist_th_tp
+    assert (ours.min_recall, ours.min_precision) == (config.min_recall, config.min_precision)
+    assert (ours.max_boxes_per_frame, ours.mean_ap_weight) == (config.max_boxes_per_sample, config.mean_ap_weight)
+
+
+def test_a_frame_without_annotations_is_evaluated_on_its_own_classes_and_points():
+    """A synthetic-style frame: unified class names, points counted in each box; the empty car is
+    not ground truth, so one prediction on the car with points is a perfect detection."""
+    from occbench.data.frame import Frame
+
+    boxes = [[5, 0, 0, 4, 2, 1.5, 0], [-8, 3, 0, 4, 2, 1.5, 0.5], [0, 6, 0, 1, 1, 1, 0]]
+    points = [[5, 0, 0], [6, 0.5, 0.2], [0, 6, 0]]
+    frame = Frame(points=points, intensity=np.zeros(3), ring=np.zeros(3), semantic=np.zeros(3),
+                  instance=np.zeros(3), boxes=boxes, box_labels=[8, 8, 11])
+    settings = DetectionSettings.from_mapping({"class_range": {"car": 20, "cyclist": 20}})
+    gt = frame_ground_truth(frame, settings)
+    assert gt.labels.tolist() == ["car", "car", "cyclist"] and gt.num_points.tolist() == [2, 0, 1]
+    hit = DetectionBoxes(center=[[5, 0, 0], [0, 6, 0]], size=[[4, 2, 1.5], [1, 1, 1]], yaw=[0, 0],
+                         labels=["car", "cyclist"], scores=[0.9, 0.8])
+    metrics = evaluate_frames([frame], [hit], settings)
+    assert metrics.mean_ap == pytest.approx(1.0, abs=1e-12)
+    assert metrics.label_tp_errors["car"]["trans_err"] == pytest.approx(0.0, abs=1e-12)

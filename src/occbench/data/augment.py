@@ -5,10 +5,10 @@ a small translation) are only sound when the labels move with the points: a
 box that keeps its yaw while its points rotate, or an occupancy grid that stays
 put, teaches the model wrong geometry. So one sampled ``Transform`` (a
 similarity transform: flip, then rotate, then scale, then translate) is applied
-to points, sensor origin, boxes, box velocities and the occupancy labels, and
-the calibration that relates the frame to the outside world (camera extrinsics,
-pose) is updated by its inverse, so images and other frames of the sequence
-still line up. Per-point labels and attributes are left as they are, and so are
+to points, sensor and ego origin, boxes, bicycle racks, box velocities and the
+occupancy labels, and the calibration that relates the frame to the outside world
+(camera extrinsics, pose) is updated by its inverse, so images and other frames
+of the sequence still line up. Per-point labels and attributes are left as they are, and so are
 extras this module does not know (they are copied unchanged).
 """
 
@@ -26,7 +26,9 @@ from occbench.data.frame import (
     Frame,
     FrameFormatError,
     OccupancyGrid,
+    bicycle_racks,
     cameras,
+    ego_origin,
     occupancy_grid,
     set_occupancy,
 )
@@ -187,18 +189,13 @@ def apply_transform(frame: Frame, transform: Transform) -> Frame:
             f"expected ({len(frame.boxes)}, 2)"
         )
     inverse = transform.inverse_matrix
-    boxes = frame.boxes.astype(np.float64)
-    if len(boxes):
-        boxes[:, :3] = transform.transform_points(boxes[:, :3])
-        boxes[:, 3:6] *= transform.scale
-        boxes[:, 6] = _float32_yaw(transform.transform_yaw(boxes[:, 6]))
     augmented = Frame(
         points=transform.transform_points(frame.points),
         intensity=frame.intensity.copy(),
         ring=frame.ring.copy(),
         semantic=frame.semantic.copy(),
         instance=frame.instance.copy(),
-        boxes=boxes,
+        boxes=_transform_boxes(frame.boxes, transform),
         box_labels=frame.box_labels.copy(),
         # pose' @ (A p) == pose @ p: aggregation across frames still lines up.
         pose=frame.pose @ inverse,
@@ -210,6 +207,10 @@ def apply_transform(frame: Frame, transform: Transform) -> Frame:
         augmented.extras["box_velocity"] = (
             velocity.astype(np.float64) @ transform.linear[:2, :2].T
         ).astype(velocity.dtype)
+    if "ego_origin" in frame.extras:
+        augmented.extras["ego_origin"] = transform.transform_points(ego_origin(frame)[None])[0]
+    if "bicycle_racks" in frame.extras:
+        augmented.extras["bicycle_racks"] = _transform_boxes(bicycle_racks(frame), transform).astype(np.float32)
     grid = occupancy_grid(frame)
     if grid is not None:
         set_occupancy(augmented, resample_occupancy(grid, transform))
@@ -221,6 +222,16 @@ def apply_transform(frame: Frame, transform: Transform) -> Frame:
         if name not in augmented.extras:
             augmented.extras[name] = value.copy()
     return augmented
+
+
+def _transform_boxes(boxes: np.ndarray, transform: Transform) -> np.ndarray:
+    """Boxes (M, 7) moved, scaled and turned with the points, in float64."""
+    boxes = np.asarray(boxes, np.float64).copy()
+    if len(boxes):
+        boxes[:, :3] = transform.transform_points(boxes[:, :3])
+        boxes[:, 3:6] *= transform.scale
+        boxes[:, 6] = _float32_yaw(transform.transform_yaw(boxes[:, 6]))
+    return boxes
 
 
 def resample_occupancy(grid: OccupancyGrid, transform: Transform) -> OccupancyGrid:

@@ -22,7 +22,18 @@ Required arrays
                                   the specs of the optional fields below
 
 Optional arrays (``Frame.extras``)
-    box_velocity            float32 (M, 2)  x, y velocity of each box in frame coordinates, m/s
+    box_velocity            float32 (M, 2)  x, y velocity of each box in frame coordinates, m/s;
+                                            NaN where unknown (nuScenes: a single annotation)
+    box_names               str (M,)        the source's detection class of each box (nuScenes:
+                                            the devkit's 10 classes, '' for a category outside
+                                            them), finer than box_labels' unified classes
+    box_attributes          str (M,)        the source's attribute of each box, '' for none
+    box_lidar_points        int32 (M,)      LiDAR points inside each box, as the source counts them
+    box_radar_points        int32 (M,)      radar points inside each box
+    ego_origin              float64 (3,)    the ego vehicle's origin (nuScenes: its ego pose) in
+                                            frame coordinates; detection ranges are measured from it
+    bicycle_racks           float32 (K, 7)  bicycle racks as boxes (x, y, z, dx, dy, dz, yaw):
+                                            nuScenes evaluation ignores cycles inside them
     occupancy               uint8 (X, Y, Z) semantic occupancy: unified class id, EMPTY_INDEX for
                                             free space, 255 for unknown; its grid is
                                             meta["occupancy"] = {"range": [x0, y0, z0, x1, y1, z1],
@@ -33,8 +44,11 @@ Optional arrays (``Frame.extras``)
     lidar_to_camera_<cam>   float64 (4, 4)  frame (LiDAR) coordinates -> <cam>'s coordinates
                                             (OpenCV: x right, y down, z forward)
 
-The helpers ``occupancy_grid``, ``set_occupancy``, ``cameras`` and ``add_camera``
-read and write these, so no caller spells the field names.
+The helpers ``occupancy_grid``, ``set_occupancy``, ``cameras``, ``add_camera``,
+``box_annotations``, ``set_box_annotations``, ``ego_origin`` and ``bicycle_racks``
+read and write these, so no caller spells the field names. Frames without the box
+annotations (synthetic, KITTI, Waymo, older frames) read as their unified class
+name, no attribute, the frame's points counted in each box and no radar point.
 """
 
 from __future__ import annotations
@@ -47,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from occbench.data.taxonomy import IGNORE_INDEX, NUM_CLASSES
+from occbench.data.taxonomy import CLASSES, IGNORE_INDEX, NUM_CLASSES
 from occbench.io import atomic_path
 
 FORMAT_VERSION = 1
@@ -63,6 +77,22 @@ _REQUIRED_DTYPES: dict[str, Any] = {
     "pose": np.float64,
     "sensor_origin": np.float32,
 }
+
+
+# Optional fields checked whenever present: shape (-1: any length, "M": one per box) and dtype kind.
+_OPTIONAL_SHAPES: dict[str, tuple[tuple[int | str, ...], str]] = {
+    "box_names": (("M",), "U"),
+    "box_attributes": (("M",), "U"),
+    "box_lidar_points": (("M",), "i"),
+    "box_radar_points": (("M",), "i"),
+    "ego_origin": ((3,), "f"),
+    "bicycle_racks": ((-1, 7), "f"),
+}
+
+
+# Datasets whose converter keeps the box annotations: their frames without them predate that,
+# and read with the defaults they would be scored on the unified classes, not the source's.
+_ANNOTATED_DATASETS = frozenset({"nuscenes"})
 
 
 class FrameFormatError(ValueError):
@@ -112,6 +142,16 @@ class Frame:
             problems.append(f"sensor_origin has shape {self.sensor_origin.shape}, expected (3,)")
         if n and not np.isfinite(self.points).all():
             problems.append("points holds NaN or infinite values")
+        for name, (shape, kind) in _OPTIONAL_SHAPES.items():
+            if name not in self.extras:
+                continue
+            value = np.asarray(self.extras[name])
+            want = tuple(max(m, 0) if size == "M" else size for size in shape)
+            if value.ndim != len(want) or any(w not in (-1, got) for w, got in zip(want, value.shape)):
+                expected = ", ".join("K" if w == -1 else str(w) for w in want) + ("," if len(want) == 1 else "")
+                problems.append(f"{name} has shape {value.shape}, expected ({expected})")
+            elif value.dtype.kind != kind and value.size:
+                problems.append(f"{name} has dtype {value.dtype}, expected {np.dtype(kind).name}")
         if problems:
             raise FrameFormatError("; ".join(problems))
 
@@ -208,6 +248,79 @@ def add_camera(frame: Frame, name: str, camera: Camera) -> None:
     frame.extras[f"intrinsics_{name}"] = np.asarray(camera.intrinsics, dtype=np.float64)
     frame.extras[f"lidar_to_camera_{name}"] = np.asarray(camera.lidar_to_camera, dtype=np.float64)
     frame.meta["cameras"] = [*frame.meta.get("cameras", []), name]
+
+
+def inside_boxes(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(N, M): whether each point (N, 3) lies in each upright box (M, 7), bounds included, in float32."""
+    points = np.asarray(points, dtype=np.float32)
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 7)
+    offset = [points[:, i : i + 1] - boxes[:, i] for i in range(3)]  # each (N, M)
+    cos, sin = np.cos(boxes[:, 6]), np.sin(boxes[:, 6])
+    inside = np.abs(offset[0] * cos + offset[1] * sin) <= boxes[:, 3] / 2
+    inside &= np.abs(offset[1] * cos - offset[0] * sin) <= boxes[:, 4] / 2
+    inside &= np.abs(offset[2]) <= boxes[:, 5] / 2
+    return inside
+
+
+@dataclass(frozen=True)
+class BoxAnnotations:
+    """What a detection evaluation reads of each box beyond its geometry and unified class
+    (nuScenes' devkit evaluates its own classes, attributes, and drops boxes without points)."""
+
+    names: np.ndarray  # (M,) str
+    attributes: np.ndarray  # (M,) str, '' for none
+    lidar_points: np.ndarray  # (M,) int32
+    radar_points: np.ndarray  # (M,) int32
+
+    @property
+    def num_points(self) -> np.ndarray:
+        """LiDAR plus radar points, the count the devkit filters ground truth on."""
+        return self.lidar_points + self.radar_points
+
+
+def box_annotations(frame: Frame) -> BoxAnnotations:
+    """The frame's box annotations; absent fields read as the unified class name, no attribute,
+    the frame's points inside each box (sweeps included) and no radar point."""
+    count = len(frame.boxes)
+    names = frame.extras.get("box_names")
+    dataset = frame.meta.get("dataset")
+    if names is None and dataset in _ANNOTATED_DATASETS:
+        raise FrameFormatError(
+            f"frame {dataset}/{frame.meta.get('sequence', '?')}/{frame.meta.get('index', '?')} has no box_names: "
+            "it was converted before occbench kept the source's box annotations; convert it again"
+        )
+    if names is None:
+        unknown = np.unique(frame.box_labels[(frame.box_labels < 0) | (frame.box_labels >= NUM_CLASSES)])
+        if unknown.size:
+            raise FrameFormatError(f"box_labels holds unknown class id(s) {unknown[:5].tolist()}")
+        names = np.array(CLASSES)[frame.box_labels]
+    lidar = frame.extras.get("box_lidar_points")
+    if lidar is None:
+        lidar = inside_boxes(frame.points, frame.boxes).sum(axis=0)
+    return BoxAnnotations(
+        names=np.asarray(names, dtype=str).reshape(count),
+        attributes=np.asarray(frame.extras.get("box_attributes", np.full(count, "")), dtype=str).reshape(count),
+        lidar_points=np.asarray(lidar, dtype=np.int32).reshape(count),
+        radar_points=np.asarray(frame.extras.get("box_radar_points", np.zeros(count)), np.int32).reshape(count),
+    )
+
+
+def set_box_annotations(frame: Frame, annotations: BoxAnnotations) -> None:
+    frame.extras["box_names"] = np.asarray(annotations.names, dtype=str)
+    frame.extras["box_attributes"] = np.asarray(annotations.attributes, dtype=str)
+    frame.extras["box_lidar_points"] = np.asarray(annotations.lidar_points, dtype=np.int32)
+    frame.extras["box_radar_points"] = np.asarray(annotations.radar_points, dtype=np.int32)
+    frame.validate()
+
+
+def ego_origin(frame: Frame) -> np.ndarray:
+    """Where detection ranges are measured from: the ego origin, else the sensor origin."""
+    return np.asarray(frame.extras.get("ego_origin", frame.sensor_origin), dtype=np.float64)
+
+
+def bicycle_racks(frame: Frame) -> np.ndarray:
+    """The frame's bicycle racks (K, 7), none where the source has no such annotation."""
+    return np.asarray(frame.extras.get("bicycle_racks", np.zeros((0, 7))), dtype=np.float32)
 
 
 def save_frame(frame: Frame, path: str | os.PathLike) -> None:

@@ -3,8 +3,10 @@
 Builds the devkit's in-memory EvalBoxes from ``DetectionBoxes`` (no dataset on disk),
 filters them with the devkit's own ``filter_eval_boxes`` and runs
 ``DetectionEval.evaluate``. The database the filter reads holds only the bicycle racks
-given (x, y, z, dx, dy, dz, yaw per rack, as ``Frame.boxes``). Needs the ``nuscenes``
-package (nuscenes-devkit).
+given (x, y, z, dx, dy, dz, yaw per rack, as ``Frame.boxes``). ``results_json`` writes
+predictions on converted nuScenes frames in the devkit's submission format instead, for
+its whole official path on a real dataroot. Needs the ``nuscenes`` package
+(nuscenes-devkit).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from occbench.data.frame import Frame
 from occbench.metrics.detection import DetectionBoxes
 
 
@@ -85,3 +88,29 @@ def devkit_metrics(ground_truth: Sequence[DetectionBoxes], predictions: Sequence
     config = config_factory("detection_cvpr_2019")
     ego = np.zeros((len(ground_truth), 2)) if ego_xy is None else np.asarray(ego_xy, np.float64)
     return devkit_evaluate(*filtered_eval_boxes(ground_truth, predictions, ego, config, bicycle_racks), config)
+
+
+def results_json(frames: Sequence[Frame], predictions: Sequence[DetectionBoxes]) -> dict:
+    """Predictions in each frame's coordinates as a nuScenes results file: global coordinates
+    through the frame's pose, w, l, h sizes, one entry per frame's sample_token, in frame order."""
+    from pyquaternion import Quaternion
+
+    results = {}
+    for frame, boxes in zip(frames, predictions, strict=True):
+        token = frame.meta["sample_token"]
+        rotation, translation = frame.pose[:3, :3], frame.pose[:3, 3]
+        entries = []
+        for i in range(len(boxes.yaw)):
+            cos, sin = np.cos(boxes.yaw[i]), np.sin(boxes.yaw[i])
+            heading = rotation @ np.array([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
+            velocity = np.zeros(2) if boxes.velocity is None else np.asarray(boxes.velocity[i], np.float64)
+            dx, dy, dz = map(float, boxes.size[i])
+            entries.append({
+                "sample_token": token, "translation": (rotation @ boxes.center[i] + translation).tolist(),
+                "size": [dy, dx, dz], "rotation": list(Quaternion(matrix=heading).elements),
+                "velocity": (rotation @ np.append(velocity, 0.0))[:2].tolist(), "detection_name": str(boxes.labels[i]),
+                "detection_score": float(boxes.scores[i]),
+                "attribute_name": "" if boxes.attributes is None else str(boxes.attributes[i])})
+        results[token] = entries
+    meta = {"use_camera": False, "use_lidar": True, "use_radar": False, "use_map": False, "use_external": False}
+    return {"meta": meta, "results": results}

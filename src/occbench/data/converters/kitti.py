@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from occbench.data.convert import FrameSource
-from occbench.data.frame import Camera, Frame, add_camera
+from occbench.data.frame import Camera, Frame, add_camera, inside_boxes
 from occbench.data.taxonomy import (
     CLASS_ID,
     IGNORE_INDEX,
@@ -147,15 +147,9 @@ def fit_box(points: np.ndarray, step_deg: float = 1.0) -> np.ndarray:
 
 def points_in_boxes(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """For each point (N, 3), the index of the first box (M, 7) holding it, -1 for none."""
-    points = np.asarray(points, dtype=np.float32)
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 7)
-    if not len(boxes):
+    if not len(np.reshape(boxes, (-1, 7))):
         return np.full(len(points), -1, dtype=np.int64)
-    offset = [points[:, i : i + 1] - boxes[:, i] for i in range(3)]  # each (N, M)
-    cos, sin = np.cos(boxes[:, 6]), np.sin(boxes[:, 6])
-    inside = np.abs(offset[0] * cos + offset[1] * sin) <= boxes[:, 3] / 2
-    inside &= np.abs(offset[1] * cos - offset[0] * sin) <= boxes[:, 4] / 2
-    inside &= np.abs(offset[2]) <= boxes[:, 5] / 2
+    inside = inside_boxes(points, boxes)
     first = inside.argmax(axis=1)
     return np.where(inside.any(axis=1), first, -1)
 

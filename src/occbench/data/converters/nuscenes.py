@@ -4,7 +4,11 @@ The devkit's ``NuScenes`` tables are the source of truth for poses, splits,
 annotations and lidarseg files, so this converter only adds what the devkit
 does not do for us: reading the ring column (``LidarPointCloud`` drops it),
 mapping native categories onto the unified classes by name, and packing boxes,
-instance ids, merged sweeps and cameras into the frame format.
+instance ids, merged sweeps and cameras into the frame format. Each box also keeps
+what the devkit's DetectionEval reads of it (its detection class by the devkit's own
+category mapping, its attribute, its LiDAR and radar point counts, NaN velocity
+where the devkit has none), the frame its ego origin and bicycle racks, so that a
+nuScenes evaluation of frames is the devkit's.
 
 Settings (``datasets.<name>`` in params.yaml)
     root      the nuScenes dataroot (holds samples/, sweeps/, maps/, <version>/)
@@ -22,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from occbench.data.convert import FrameSource
-from occbench.data.frame import Camera, Frame, add_camera
+from occbench.data.frame import BoxAnnotations, Camera, Frame, add_camera, set_box_annotations
 from occbench.data.taxonomy import IGNORE_INDEX, NUSCENES, map_labels, unified_id
 
 # Official scene splits (nuscenes.utils.splits) that form train and val of each table version.
@@ -33,6 +37,8 @@ _SPLITS = {
 _SETTINGS = ("root", "version", "sweeps", "cameras", "lidarseg")
 # LIDAR_TOP files hold float32 x, y, z, intensity (0..255), ring (0..31).
 _COLUMNS = 5
+# The devkit's bicycle racks: no box of their own, but cycles inside one are not evaluated.
+_BICYCLE_RACK = "static_object.bicycle_rack"
 # Like the devkit's multisweep reader: merged sweeps lose the points within this
 # square around their sensor, returns from the ego vehicle that motion
 # compensation would otherwise smear into a trail behind the car.
@@ -152,7 +158,7 @@ class NuScenesConverter:
         pose = self._sensor_to_world(lidar)
         semantic = (self._semantic(lidar, sample_token, source.scene, len(points)) if self.lidarseg
                     else np.full(len(points), IGNORE_INDEX, np.uint8))
-        boxes, labels, velocity, instance = self._boxes(lidar, pose, points)
+        boxes, labels, velocity, instance, annotations, racks = self._boxes(lidar, pose, points)
         if self.sweeps:
             extra_points, extra_intensity, extra_ring = self._previous_sweeps(lidar, pose)
             count = len(extra_points)
@@ -167,8 +173,11 @@ class NuScenesConverter:
             meta={"dataset": "nuscenes", "sequence": source.scene, "index": index,
                   "sensor": "nuscenes32", "num_beams": 32, "timestamp": lidar["timestamp"] * 1e-6,
                   "sample_token": sample_token},
-            extras={"box_velocity": velocity},
+            extras={"box_velocity": velocity, "bicycle_racks": racks,
+                    # The ego pose's origin, from which the devkit measures class ranges.
+                    "ego_origin": np.linalg.inv(self._ego_from_sensor(lidar))[:3, 3]},
         )
+        set_box_annotations(frame, annotations)
         for channel in self.channels:
             add_camera(frame, channel, self._camera(sample, channel, pose))
         return frame
@@ -179,10 +188,15 @@ class NuScenesConverter:
         from pyquaternion import Quaternion
 
         ego = self.nusc.get("ego_pose", record["ego_pose_token"])
-        calibration = self.nusc.get("calibrated_sensor", record["calibrated_sensor_token"])
         world_from_ego = transform_matrix(ego["translation"], Quaternion(ego["rotation"]))
-        ego_from_sensor = transform_matrix(calibration["translation"], Quaternion(calibration["rotation"]))
-        return world_from_ego @ ego_from_sensor
+        return world_from_ego @ self._ego_from_sensor(record)
+
+    def _ego_from_sensor(self, record: dict) -> np.ndarray:
+        from nuscenes.utils.geometry_utils import transform_matrix
+        from pyquaternion import Quaternion
+
+        calibration = self.nusc.get("calibrated_sensor", record["calibrated_sensor_token"])
+        return transform_matrix(calibration["translation"], Quaternion(calibration["rotation"]))
 
     def _semantic(self, lidar: dict, sample_token: str, scene: str, count: int) -> np.ndarray:
         filename = self._labels_of.get(lidar["token"])
@@ -198,27 +212,41 @@ class NuScenesConverter:
         return map_labels(raw, self._label_table, str(path))
 
     def _boxes(self, lidar: dict, pose: np.ndarray, points: np.ndarray):
-        """Boxes (M, 7), unified labels, xy velocity in the LiDAR frame and per-point instance ids."""
+        """Boxes (M, 7), unified labels, xy velocity in the LiDAR frame (NaN where the devkit has
+        none), per-point instance ids, the boxes' annotations and the bicycle racks (K, 7)."""
+        from nuscenes.eval.detection.utils import category_to_detection_name
         from nuscenes.utils.geometry_utils import points_in_box
 
         # get_sample_data moves the sample's annotations into the LiDAR frame.
         _, found, _ = self.nusc.get_sample_data(lidar["token"])
         kept = [(box, NUSCENES[box.name]) for box in found if NUSCENES[box.name] is not None]
-        boxes = np.zeros((len(kept), 7), np.float32)
-        labels = np.zeros(len(kept), np.int16)
-        velocity = np.zeros((len(kept), 2), np.float32)
+        racks = np.array([_box_row(box) for box in found if box.name == _BICYCLE_RACK], np.float32).reshape(-1, 7)
+        boxes = np.array([_box_row(box) for box, _ in kept], np.float32).reshape(-1, 7)
+        labels = np.array([unified_id(name) for _, name in kept], np.int16)
         world_to_lidar = pose[:3, :3].T
-        for i, (box, name) in enumerate(kept):
-            heading = box.orientation.rotation_matrix[:, 0]  # the box's length axis
-            width, length, height = box.wlh
-            boxes[i] = (*box.center, length, width, height, np.arctan2(heading[1], heading[0]))
-            labels[i] = unified_id(name)
-            velocity[i] = (world_to_lidar @ np.nan_to_num(self.nusc.box_velocity(box.token)))[:2]
+        velocity = np.array([(world_to_lidar @ self.nusc.box_velocity(box.token))[:2] for box, _ in kept],
+                            np.float32).reshape(-1, 2)
+        records = [self.nusc.get("sample_annotation", box.token) for box, _ in kept]
+        annotations = BoxAnnotations(
+            names=np.array([category_to_detection_name(box.name) or "" for box, _ in kept], dtype=str),
+            attributes=np.array([self._attribute(record) for record in records], dtype=str),
+            lidar_points=np.array([record["num_lidar_pts"] for record in records], np.int32),
+            radar_points=np.array([record["num_radar_pts"] for record in records], np.int32))
         instance = np.zeros(len(points), np.int32)
         # Largest first, so a point inside several boxes keeps the smallest one's id.
         for i in np.argsort(-boxes[:, 3:6].prod(axis=1), kind="stable"):
             instance[points_in_box(kept[i][0], points.T)] = i + 1
-        return boxes, labels, velocity, instance
+        return boxes, labels, velocity, instance, annotations, racks
+
+    def _attribute(self, record: dict) -> str:
+        """The annotation's attribute name, '' for none; more than one is an error, as in the devkit."""
+        tokens = record["attribute_tokens"]
+        if len(tokens) > 1:
+            raise ValueError(
+                f"{self.table_root / 'sample_annotation.json'}: annotation {record['token']} has "
+                f"{len(tokens)} attributes; nuScenes detection allows at most one"
+            )
+        return self.nusc.get("attribute", tokens[0])["name"] if tokens else ""
 
     def _previous_sweeps(self, lidar: dict, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Up to ``sweeps`` earlier non-keyframe sweeps of the scene, newest first, moved into this
@@ -254,3 +282,10 @@ class NuScenesConverter:
         camera_from_world = np.linalg.inv(self._sensor_to_world(record))
         return Camera(image=pixels, intrinsics=np.asarray(calibration["camera_intrinsic"], np.float64),
                       lidar_to_camera=camera_from_world @ lidar_to_world)
+
+
+def _box_row(box) -> tuple[float, ...]:
+    """A devkit Box as the frame's box row: centre, length, width, height, yaw of the length axis."""
+    heading = box.orientation.rotation_matrix[:, 0]
+    width, length, height = box.wlh
+    return (*box.center, length, width, height, np.arctan2(heading[1], heading[0]))
