@@ -22,6 +22,28 @@ def test_bad_params_exit_2_naming_file_and_key(tmp_path, capsys):
     assert "bad.yaml" in err and f"grid.methods[1]: 'byol' is not one of {known}" in err
 
 
+@pytest.mark.parametrize("mode", ["bogus", "probe"])  # not a mode; a mode the smoke grid does not run
+def test_finetune_refuses_a_mode_outside_the_grid_naming_the_key(mode, capsys):
+    assert main([*SMOKE_ARGS, "finetune", "--task", "segmentation", "--backbone", "small", "--dataset", "synthetic",
+                 "--source", "scratch", "--label-fraction", "1", "--seed", "0", "--mode", mode]) == 2
+    err = capsys.readouterr().err
+    assert f"--mode {mode!r} is not one of grid.finetune_modes ['full'] of {SMOKE_ARGS[1]} + {SMOKE_ARGS[3]}" in err
+
+
+def test_bad_probe_settings_are_named(tmp_path, capsys):
+    """A probe never trains the backbone, so it takes no backbone_lr_scale; its epochs must cover the grid."""
+    overlay = tmp_path / "probe.yaml"
+    overlay.write_text("grid:\n  finetune_modes: [full, probe]\nfinetune:\n  segmentation:\n    probe:\n"
+                       "      backbone_lr_scale: 0.5\n      epochs: [{up_to_label_fraction: 0.5, epochs: 3}]\n")
+    assert main([*SMOKE_ARGS, "--params", str(overlay), "validate"]) == 2
+    assert "probe.yaml: finetune.segmentation.probe: Additional properties are not allowed ('backbone_lr_scale' was " \
+           "unexpected)" in capsys.readouterr().err
+    overlay.write_text(overlay.read_text().replace("      backbone_lr_scale: 0.5\n", ""))
+    assert main([*SMOKE_ARGS, "--params", str(overlay), "validate"]) == 2
+    assert "probe.yaml: finetune.segmentation.probe.epochs: no entry covers the largest label fraction 1.0" in \
+        capsys.readouterr().err
+
+
 def test_missing_dataset_index_is_named(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main([*SMOKE_ARGS, "split", "--dataset", "synthetic", "--subset", "labels", "--fraction", "0.5",

@@ -99,13 +99,17 @@ def test_schema_enums_name_exactly_the_registries():
     from occbench.pretrain.occfeat import DISTILLATIONS
     from occbench.tasks import TASKS
     from occbench.training.optim import OPTIMIZERS, SCHEDULES
-    from occbench.workflow.grid import SCRATCH
+    from occbench.workflow.grid import FINETUNE_MODES, PROBE_OVERRIDES, SCRATCH
 
     schema = load_schema()
     defs, properties = schema["$defs"], schema["properties"]
     grid = properties["grid"]["properties"]
     assert set(grid["methods"]["items"]["enum"]) == {SCRATCH, *METHODS}
     assert set(grid["tasks"]["items"]["enum"]) == set(TASKS)
+    assert tuple(grid["finetune_modes"]["items"]["enum"]) == FINETUNE_MODES
+    assert tuple(defs["probe_settings"]["properties"]) == PROBE_OVERRIDES
+    assert all(properties["finetune"]["properties"][task]["properties"]["probe"] == {"$ref": "#/$defs/probe_settings"}
+               for task in TASKS)
     assert set(properties["datasets"]["additionalProperties"]["properties"]["kind"]["enum"]) == set(CONVERTERS)
     assert set(defs["optimizer"]["properties"]["name"]["enum"]) == set(OPTIMIZERS)
     assert set(defs["schedule"]["properties"]["name"]["enum"]) == set(SCHEDULES)

@@ -16,7 +16,7 @@ from pathlib import Path
 from occbench.config import load_params
 from occbench.io import folder_lock
 from occbench.preemption import Preempted
-from occbench.workflow.grid import PARAMS_ENV, REPORTS, Grid, params_files_from_env
+from occbench.workflow.grid import FINETUNE_MODES, FULL, PARAMS_ENV, REPORTS, Grid, params_files_from_env
 
 
 def _writing(folder: Path, args) -> contextlib.AbstractContextManager:
@@ -69,8 +69,12 @@ def _image_teacher(args, params) -> None:
 def _finetune(args, params) -> None:
     from occbench.tasks.job import finetune
 
+    modes = params["grid"]["finetune_modes"]
+    if args.mode not in modes:
+        raise ValueError(f"--mode {args.mode!r} is not one of grid.finetune_modes {modes} of "
+                         f"{' + '.join(map(str, args.params))} (modes: {', '.join(FINETUNE_MODES)})")
     run = Grid(params).finetune_run(args.task, args.backbone, args.dataset, args.source,
-                                    args.label_fraction, args.seed, args.label_split_seed)
+                                    args.label_fraction, args.seed, args.label_split_seed, args.mode)
     with _writing(run.directory, args):
         metrics = finetune(params, run)
     print({key: value for key, value in metrics.items() if not isinstance(value, dict)})
@@ -159,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     verb.add_argument("--seed", type=int, required=True, help="training seed")
     verb.add_argument("--label-split-seed", type=int, default=0,
                       help="which nested label split (grid.label_split_seeds; default 0)")
+    verb.add_argument("--mode", default=FULL,
+                      help=f"how the backbone trains, one of grid.finetune_modes ({', '.join(FINETUNE_MODES)}): "
+                           f"full fine-tuning or a probe of the frozen backbone (default {FULL})")
     _processes_option(verb)
     verb.set_defaults(handler=_finetune)
 

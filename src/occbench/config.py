@@ -91,7 +91,7 @@ def check_consistency(params: dict[str, Any], source: str = "params.yaml") -> No
             check_nesting(fractions, params["splits"][key])
         except ValueError as err:
             problems.append(f"splits.{key}: {err}")
-    from occbench.workflow.grid import SCRATCH  # grid.py imports this module
+    from occbench.workflow.grid import PROBE, SCRATCH  # grid.py imports this module
 
     if SCRATCH not in grid["methods"]:
         problems.append(f"grid.methods: {grid['methods']} lacks {SCRATCH!r}; every table compares with it")
@@ -101,12 +101,13 @@ def check_consistency(params: dict[str, Any], source: str = "params.yaml") -> No
     if any(lo >= hi for lo, hi in zip(low, high)):
         problems.append("voxelization.point_cloud_range: each minimum must be below its maximum")
     for task in grid["tasks"]:
-        schedule = params["finetune"][task]["epochs"]
-        if max(entry["up_to_label_fraction"] for entry in schedule) < max(grid["label_fractions"]):
-            problems.append(
-                f"finetune.{task}.epochs: no entry covers the largest label fraction "
-                f"{max(grid['label_fractions'])}"
-            )
+        settings = params["finetune"][task]
+        schedules = {f"finetune.{task}.epochs": settings["epochs"]}
+        if PROBE in grid["finetune_modes"] and "epochs" in settings.get(PROBE, {}):
+            schedules[f"finetune.{task}.{PROBE}.epochs"] = settings[PROBE]["epochs"]
+        for key, schedule in schedules.items():
+            if max(entry["up_to_label_fraction"] for entry in schedule) < max(grid["label_fractions"]):
+                problems.append(f"{key}: no entry covers the largest label fraction {max(grid['label_fractions'])}")
     problems += _teacher_problems(params)
     if problems:
         raise ParamsError("invalid parameters\n  " + "\n  ".join(f"{source}: {p}" for p in problems))

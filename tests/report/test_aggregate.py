@@ -19,8 +19,9 @@ MIOU = {
 ALSO_LOAD = {"loaded_fraction": 1.0, "pretrained_fraction": 0.59, "untrained_modules": ["to_bev", "bev_neck"]}
 
 
-def write_run(root, method, label_fraction, seed, miou, iou=None, load=ALSO_LOAD, label_split_seed=0):
-    run_dir = root / f"{method}_{label_fraction}_{seed}_{label_split_seed}"
+def write_run(root, method, label_fraction, seed, miou, iou=None, load=ALSO_LOAD, label_split_seed=0, mode=None):
+    """A run's two files; ``mode`` None records none, as runs did before fine-tuning modes existed."""
+    run_dir = root / f"{method}_{label_fraction}_{seed}_{label_split_seed}_{mode}"
     run_dir.mkdir()
     pretrained = method not in ("scratch", "scratch_matched")
     run = {
@@ -33,6 +34,7 @@ def write_run(root, method, label_fraction, seed, miou, iou=None, load=ALSO_LOAD
         "label_fraction": label_fraction,
         "seed": seed,
         "label_split_seed": label_split_seed,
+        **({} if mode is None else {"mode": mode}),
     }
     (run_dir / "run_meta.json").write_text(json.dumps({"run": run, "pretrained": load if pretrained else None}))
     metrics = {"miou": miou, "accuracy": 0.8, "iou": iou or {"road": 0.9, "pole": None}}
@@ -207,6 +209,30 @@ def test_run_without_scratch_partner_names_its_seed_and_label_split(tmp_path):
     also = crossed_summary(tmp_path, {"scratch": scratch, "also": CROSSED["also"]}).loc["also"]
     assert (also["paired_n"], also["unpaired_runs"]) == (3, "1/1")
     assert also["paired_diff_mean"] == pytest.approx((0.06 + 0.01 + 0.03) / 3)
+
+
+def test_a_probe_pairs_with_the_random_backbone_probe_and_never_with_full_scratch(tmp_path):
+    """Full runs (recorded without a mode, as before modes existed): also - scratch = 0.06, 0.02 per seed;
+    probes: 0.15, 0.19. Each mean 0.04 / 0.17 with s / sqrt(2) = 0.02; pairing a probe with full scratch
+    would give -0.10 and -0.14."""
+    values = {("full", "scratch"): (0.30, 0.40), ("full", "also"): (0.36, 0.42),
+              ("probe", "scratch"): (0.05, 0.07), ("probe", "also"): (0.20, 0.26)}
+    dirs = [write_run(tmp_path, method, 0.1, seed, miou, mode=None if mode == "full" else mode)
+            for (mode, method), by_seed in values.items() for seed, miou in enumerate(by_seed)]
+    runs = collect_runs(dirs)
+    assert runs.drop_duplicates(["mode", "method", "seed"])["mode"].value_counts().to_dict() == {"full": 4, "probe": 4}
+    summary = summarise(runs)
+    miou = summary[summary["metric"] == "miou"].set_index(["mode", "method"])
+    for mode, paired_mean, delta in (("full", 0.04, 0.04), ("probe", 0.17, 0.17)):
+        also = miou.loc[(mode, "also")]
+        assert (also["n_runs"], also["paired_n"], also["unpaired_runs"]) == (2, 2, "")
+        assert also["paired_diff_mean"] == pytest.approx(paired_mean)
+        assert also["paired_diff_ci95"] == pytest.approx(T_DF1 * 0.02, rel=1e-6)
+        assert also["delta_scratch"] == pytest.approx(delta)
+    metrics = dvc_metrics(summary, {"segmentation": "miou"})
+    assert set(metrics) == {"segmentation", "segmentation_probe"}  # full keeps the key it had before modes
+    cell = metrics["segmentation_probe"]["synthetic"]["small"]["also@synthetic_pt_100pct"]["labels_10pct"]
+    assert cell["paired_diff_mean"] == pytest.approx(0.17)
 
 
 def test_compute_matched_scratch_has_no_load_report_and_is_paired_like_any_source(tmp_path):

@@ -12,7 +12,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def make_summary(pretrain_fractions, label_split_seeds=(0,)):
     """Two seeds of scratch and of ALSO at each pre-training fraction, three label fractions, on each label split."""
-    base = {"task": "segmentation", "backbone": "small", "finetune_dataset": "synthetic", "metric": "miou"}
+    base = {"task": "segmentation", "backbone": "small", "finetune_dataset": "synthetic", "metric": "miou",
+            "mode": "full"}
     scratch = {"method": "scratch", "pretrain_dataset": None, "pretrain_fraction": None,
                "pretrained_fraction": None, "untrained_modules": ""}
     rows = []
@@ -58,6 +59,18 @@ def test_pretrain_scaling_one_plot_per_label_fraction(tmp_path):
     assert [path.name for path in paths] == [f"{stem}_{key}.png" for key in ("1pct", "10pct", "100pct")]
     for path in paths:
         assert_png(path)
+
+
+def test_a_probe_is_plotted_apart_and_full_keeps_its_names(tmp_path):
+    summary = make_summary([0.5, 1.0])
+    both = pd.concat([summary, summary.assign(mode="probe")])
+    assert [path.name for path in plot_label_efficiency(both, MAIN_METRICS, tmp_path)] == [
+        "label_efficiency_segmentation_synthetic_small.png", "label_efficiency_segmentation_synthetic_small_probe.png"]
+    scaling = [path.name for path in plot_pretrain_scaling(both, MAIN_METRICS, tmp_path)]
+    assert scaling[:3] == [f"pretrain_scaling_segmentation_synthetic_small_labels_{key}.png"
+                           for key in ("1pct", "10pct", "100pct")]
+    assert scaling[3:] == [f"pretrain_scaling_segmentation_synthetic_small_probe_labels_{key}.png"
+                           for key in ("1pct", "10pct", "100pct")]
 
 
 def test_pretrain_scaling_skipped_for_a_single_fraction(tmp_path):

@@ -24,8 +24,8 @@ MIOU = {
 FULLY_TRAINED = ("", 1.0)
 
 
-def make_summary(miou=MIOU, trained=None, label_split_seeds=(0,)):
-    """Runs of every seed on each of ``label_split_seeds`` (values repeated across splits)."""
+def make_summary(miou=MIOU, trained=None, label_split_seeds=(0,), mode="full"):
+    """Runs of every seed on each of ``label_split_seeds`` (values repeated across splits), in one mode."""
     rows = []
     for (method, label_fraction), values in miou.items():
         pretrained = method not in ("scratch", "scratch_matched")
@@ -42,6 +42,7 @@ def make_summary(miou=MIOU, trained=None, label_split_seeds=(0,)):
                     "label_fraction": label_fraction,
                     "seed": seed,
                     "label_split_seed": split_seed,
+                    "mode": mode,
                     "pretrained_fraction": fraction,
                     "untrained_modules": untrained,
                     "metric": "miou",
@@ -256,6 +257,22 @@ def test_one_table_per_dataset_and_backbone(tmp_path):
         "segmentation_synthetic_base.md",
         "segmentation_synthetic_small.md",
     ]
+
+
+def test_a_probe_gets_tables_of_its_own_and_full_keeps_its_names(tmp_path):
+    """The probe's runs are the full runs minus 0.2: its scratch row at 10 % reads 15.0, not 35.0."""
+    lower = {key: [value - 0.2 for value in values] for key, values in MIOU.items()}
+    paths = write_tables(pd.concat([make_summary(), make_summary(lower, mode="probe")]), MAIN_METRICS, tmp_path,
+                         method_order=["also", "occ"])
+    assert sorted(path.name for path in paths if path.suffix == ".md") == [
+        "segmentation_synthetic_small.md", "segmentation_synthetic_small_probe.md"]
+    full = (tmp_path / "segmentation_synthetic_small.md").read_text().splitlines()
+    probe = (tmp_path / "segmentation_synthetic_small_probe.md").read_text().splitlines()
+    assert full[0].startswith("mIoU (%) for segmentation fine-tuned on synthetic")
+    assert probe[0].startswith("mIoU (%) for segmentation probed (frozen backbone, head trained) on synthetic")
+    assert full[4].startswith("| scratch | 35.0 ± ") and probe[4].startswith("| scratch | 15.0 ± ")
+    # the bracket pairs within the mode: at 10 % also - scratch is +4.0 in both
+    assert "(+4.0 ± 7.5)" in full[5] and "(+4.0 ± 7.5)" in probe[5]
 
 
 def test_more_metrics_get_their_own_table_beside_the_main_one(tmp_path):

@@ -28,10 +28,10 @@ def test_compute_matched_epochs_by_hand():
     assert compute_matched_epochs(params, run, label_frames=9, pretrain_frames=7) == 48
 
 
-def _finetune(source, seed, *extra, split_seed=0):
+def _finetune(source, seed, *extra, split_seed=0, mode="full"):
     return occbench(*extra, "finetune", "--task", "segmentation", "--backbone", "small", "--dataset", "synthetic",
                     "--source", source, "--label-fraction", "0.5", "--seed", str(seed),
-                    "--label-split-seed", str(split_seed))
+                    "--label-split-seed", str(split_seed), "--mode", mode)
 
 
 def _run_dir(source, seed, split_seed=0):
@@ -57,7 +57,7 @@ def test_run_meta_records_provenance_and_loaded_fraction(workdir):
     assert meta["run"] == {"task": "segmentation", "backbone": "small", "method": "also",
                            "pretrain_dataset": "synthetic", "pretrain_fraction": 1.0,
                            "finetune_dataset": "synthetic", "label_fraction": 0.5, "seed": 0,
-                           "label_split_seed": 0}
+                           "label_split_seed": 0, "mode": "full"}
     assert meta["pretrained"]["loaded_fraction"] == 1.0
     # ALSO's loss never reaches the BEV neck: to_bev 64·64·3 + 2·64 and bev_neck (64·6)·64·9 + 2·64
     # = 233728 of the small backbone's 581664 parameter values stay at their random init.
@@ -70,28 +70,49 @@ def test_run_meta_records_provenance_and_loaded_fraction(workdir):
     assert all(isinstance(v, (int, float)) or v is None for v in [metrics["miou"], *metrics["iou"].values()])
 
 
-def test_linear_probe_keeps_the_pretrained_backbone_and_its_batchnorm_statistics(workdir):
-    """backbone_lr_scale 0: only the head trains; the backbone is exactly the checkpoint's."""
+def _probe(source, seed):
+    """A probe run (grid.finetune_modes gains probe) and its model.pt, rebuilt backbone and head at init."""
     import torch
     import yaml
 
     from occbench.models.backbone import SparseBackbone
     from occbench.tasks.segmentation import SegmentationTask
-    from smoke import smoke_params
 
     with open("probe.yaml", "w") as handle:
-        yaml.safe_dump({"finetune": {"segmentation": {"backbone_lr_scale": 0.0}}}, handle)
-    assert occbench("--params", "probe.yaml", "finetune", "--task", "segmentation", "--backbone", "small",
-                    "--dataset", "synthetic", "--source", "also-synthetic-pt_1", "--label-fraction", "0.5",
-                    "--seed", "4") == 0
-    source = torch.load("results/pretrain/small/synthetic/also/pt_1/checkpoint.pt", weights_only=True)["backbone"]
-    tuned = torch.load(f"{_run_dir('also-synthetic-pt_1', 4)}/model.pt", weights_only=True)
-    assert any("running_mean" in name for name in source)
-    assert all(torch.equal(tuned[f"backbone.{name}"], value) for name, value in source.items())
-    torch.manual_seed(4)  # the run's seeded init of the head, rebuilt
+        yaml.safe_dump({"grid": {"finetune_modes": ["full", "probe"]}}, handle)
+    assert _finetune(source, seed, "--params", "probe.yaml", mode="probe") == 0
+    run_dir = _run_dir(source, seed).replace(f"/{source}/", f"/{source}/probe/")
+    tuned = torch.load(f"{run_dir}/model.pt", weights_only=True)
+    torch.manual_seed(seed)  # the run's seeded init of backbone and head, rebuilt
     backbone = SparseBackbone.from_params(smoke_params(), "small")
-    initial_head = SegmentationTask(backbone, {}).head.weight
+    head = SegmentationTask(backbone, {}).head.weight
+    return json.loads(open(f"{run_dir}/run_meta.json").read()), tuned, backbone.state_dict(), head
+
+
+def test_a_probe_keeps_the_pretrained_backbone_and_its_batchnorm_statistics(workdir):
+    """--mode probe: only the head trains; every backbone value, BatchNorm running statistics included, is the
+    checkpoint's bit for bit."""
+    import torch
+
+    meta, tuned, _, initial_head = _probe("also-synthetic-pt_1", 4)
+    source = torch.load("results/pretrain/small/synthetic/also/pt_1/checkpoint.pt", weights_only=True)["backbone"]
+    backbone = {name.removeprefix("backbone."): value for name, value in tuned.items() if name.startswith("backbone.")}
+    assert backbone.keys() == source.keys()
+    assert sum("running_mean" in name or "running_var" in name for name in source) == 2 * 11  # 11 BatchNorm layers
+    assert [name for name, value in source.items() if not torch.equal(backbone[name], value)] == []
     assert not torch.equal(tuned["task.head.weight"], initial_head)
+    assert meta["run"]["mode"] == "probe" and meta["pretrained"]["loaded_fraction"] == 1.0
+
+
+def test_a_scratch_probe_keeps_the_random_backbone_it_started_from(workdir):
+    """The random-backbone baseline: the backbone stays its seeded init (BatchNorm statistics 0 and 1)."""
+    import torch
+
+    meta, tuned, initial, initial_head = _probe("scratch", 5)
+    assert [name for name, value in initial.items() if not torch.equal(tuned[f"backbone.{name}"], value)] == []
+    assert all(torch.equal(value, torch.zeros_like(value)) for name, value in initial.items() if "running_mean" in name)
+    assert not torch.equal(tuned["task.head.weight"], initial_head)
+    assert meta["run"]["method"] == "scratch" and meta["pretrained"] is None
 
 
 def test_label_split_seeds_fine_tune_on_their_own_frames(workdir):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,8 @@ CASES = [
     ("grid.label_fractions", [0.25, 0.5, 1.0], NONE),
     ("grid.label_split_seeds", [0, 1, 5], NONE),  # a run reads its own split seed, not the list
     ("grid.compute_matched_scratch", True, NONE),  # adds runs; changes none
+    ("grid.finetune_modes", ["full", "probe"], NONE),  # adds the probes; full runs keep their digests
+    ("finetune.segmentation.probe", {"optimizer": {"name": "adamw", "lr": 0.05, "weight_decay": 0.0}}, NONE),
 ]
 
 
@@ -113,6 +116,31 @@ def test_a_run_digest_changes_exactly_with_what_the_run_reads(key, value, change
     before = digests(params, the_runs)
     after = digests(edited(params, key, value), the_runs)
     assert {name for name in the_runs if before[name] != after[name]} == changed
+
+
+def test_a_probe_digest_covers_its_mode_and_its_own_settings():
+    """A probe reads what its full twin reads, but its mode and the probe settings in place of its task's,
+    with the backbone frozen whatever backbone_lr_scale says."""
+    params = edited(smoke_params(), "grid.finetune_modes", ["full", "probe"])
+    grid = Grid(params)
+    full = next(run for run in grid.finetune_runs if run.pretrained and run.mode == "full")
+    probe = replace(full, mode="probe")
+    assert probe in grid.finetune_runs and finetune_digest(params, probe) != finetune_digest(params, full)
+    inputs, twin = finetune_inputs(params, probe), finetune_inputs(params, full)
+    assert inputs["run"].pop("mode") == "probe" and "mode" not in twin["run"]
+    assert (inputs["task"].pop("backbone_lr_scale"), twin["task"].pop("backbone_lr_scale")) == (0, 1)
+    assert inputs == twin
+    lr = {"name": "adamw", "lr": 0.05, "weight_decay": 0.0}
+    own = edited(params, "finetune.segmentation.probe", {"optimizer": lr})
+    assert finetune_inputs(own, probe)["task"]["optimizer"] == lr
+
+    def moves(base, key, value):
+        return finetune_digest(edited(base, key, value), probe) != finetune_digest(base, probe)
+
+    assert moves(params, "finetune.segmentation.probe", {"optimizer": lr})
+    assert moves(params, "finetune.segmentation.optimizer.lr", 0.01)  # no probe optimizer: the task's
+    assert not moves(own, "finetune.segmentation.optimizer.lr", 0.01)  # the probe's replaces it
+    assert not moves(params, "finetune.segmentation.backbone_lr_scale", 0.1)  # a probe is frozen anyway
 
 
 def test_digests_of_distinct_runs_differ_and_do_not_depend_on_key_order_or_int_vs_float():

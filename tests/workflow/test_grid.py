@@ -4,7 +4,15 @@ from pathlib import Path
 import pytest
 
 from occbench.config import load_params
-from occbench.workflow.grid import COMPUTE_MATCHED, SCRATCH, Grid, MatchedPretraining, fraction_tag, split_path
+from occbench.workflow.grid import (
+    COMPUTE_MATCHED,
+    MODE_DIRS,
+    SCRATCH,
+    Grid,
+    MatchedPretraining,
+    fraction_tag,
+    split_path,
+)
 from smoke import SMOKE_FILES, smoke_params
 
 
@@ -93,6 +101,33 @@ def test_paths_round_trip_through_source_tags():
     assert matched.source == "scratch_matched-synthetic-pt_0.1"
     assert matched.compute_matched.split == Path("results/data/synthetic/splits/pretrain_0.1.txt")
     assert matched.coordinates()["pretrain_fraction"] == 0.1 and matched.coordinates()["method"] == COMPUTE_MATCHED
+
+
+def test_finetune_modes_are_an_axis_and_full_runs_keep_their_paths():
+    """Probes of scratch (the random backbone) and of each pre-training, never of compute-matched scratch
+    (it exists to train the backbone longer); full runs are those of the full-only grid, in its order."""
+    full_only = paper_like_params(compute_matched_scratch=True)
+    both = paper_like_params(compute_matched_scratch=True)
+    both["grid"]["finetune_modes"] = ["full", "probe"]
+    grid = Grid(both)
+    cells = 2 * 5 * 3  # backbones x label fractions x seeds (one label split)
+    full = [run for run in grid.finetune_runs if run.mode == "full"]
+    probes = [run for run in grid.finetune_runs if run.mode == "probe"]
+    assert (len(full), len(probes)) == (cells * (1 + 3 + 3), cells * (1 + 3))  # + also, + compute-matched at 3
+    assert grid.finetune_runs == full + probes
+    assert [run.metrics for run in full] == [run.metrics for run in Grid(full_only).finetune_runs]
+    assert sum(run.method == SCRATCH for run in probes) == cells and not any(run.compute_matched for run in probes)
+    assert len(grid.pretrain_runs) == 2 * 3  # a probe reads the same checkpoints
+    probe = next(r for r in probes if r.pretrained and r.pretrained.fraction == 0.01 and r.label_fraction == 0.1
+                 and r.backbone == "small" and r.seed == 2)
+    assert probe.metrics == Path("results/finetune/segmentation/synthetic/small/also-synthetic-pt_0.01/probe/"
+                                 "labels_0.1/split_0/seed_2/metrics.json")
+    assert probe.coordinates()["mode"] == "probe"
+    for run in grid.finetune_runs:
+        assert grid.finetune_run(run.task, run.backbone, run.finetune_dataset, run.source, run.label_fraction,
+                                 run.seed, run.label_split_seed, Grid.mode_at(MODE_DIRS[run.mode])) == run
+    with pytest.raises(ValueError, match="a probe trains no backbone"):
+        grid.finetune_run("segmentation", "small", "synthetic", "scratch_matched-synthetic-pt_0.1", 0.1, 0, 0, "probe")
 
 
 def test_results_readme_shows_every_path_of_the_layout():

@@ -37,7 +37,15 @@ def teacher_checkpoint(wildcards):
 
 def finetune_run(wildcards):
     return GRID.finetune_run(wildcards.task, wildcards.backbone, wildcards.dataset, wildcards.source,
-                             float(wildcards.fraction), int(wildcards.seed), int(wildcards.split_seed))
+                             float(wildcards.fraction), int(wildcards.seed), int(wildcards.split_seed),
+                             GRID.mode_at(wildcards.mode_dir))
+
+
+def finetune_mode(wildcards, output):
+    """The run's fine-tuning mode, for its command line. It takes `output` because it is read off the
+    output path ({mode_dir}), and Snakemake leaves params derived from outputs out of its `params`
+    trigger: a new param would otherwise re-run every full run finished before modes existed."""
+    return GRID.mode_at(wildcards.mode_dir)
 
 
 def pretrained_checkpoint(wildcards):
@@ -61,3 +69,4 @@ wildcard_constraints:
     seed=r"[0-9]+",
     split_seed=r"[0-9]+",
     source=r"[a-z0-9_.+-]+",
+    mode_dir=r"(probe/)?",  # grid.MODE_DIRS: full runs have no folder of their own

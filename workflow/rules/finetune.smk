@@ -1,4 +1,4 @@
-# One fine-tuning job per (task, backbone, dataset, source, label fraction, label-split seed, seed).
+# One fine-tuning job per (task, backbone, dataset, source, mode, label fraction, label-split seed, seed).
 
 
 rule finetune:
@@ -10,11 +10,12 @@ rule finetune:
     output:
         metrics=PATTERNS["metrics"],
     log:
-        "results/logs/finetune/{task}_{dataset}_{backbone}_{source}_{fraction}_{split_seed}_{seed}.log",
+        "results/logs/finetune/{mode_dir}{task}_{dataset}_{backbone}_{source}_{fraction}_{split_seed}_{seed}.log",
     benchmark:
-        "results/benchmarks/finetune/{task}_{dataset}_{backbone}_{source}_{fraction}_{split_seed}_{seed}.tsv"
+        "results/benchmarks/finetune/{mode_dir}{task}_{dataset}_{backbone}_{source}_{fraction}_{split_seed}_{seed}.tsv"
     params:
         hparams=lambda w: finetune_digest(config, finetune_run(w)),
+        mode=finetune_mode,
     threads: config["execution"]["threads"]
     resources:
         gpu=1,
@@ -26,4 +27,4 @@ rule finetune:
         "exec occbench finetune --task {wildcards.task} --backbone {wildcards.backbone}"
         " --dataset {wildcards.dataset} --source {wildcards.source}"
         " --label-fraction {wildcards.fraction} --label-split-seed {wildcards.split_seed}"
-        " --seed {wildcards.seed} > {log} 2>&1"
+        " --seed {wildcards.seed} --mode {params.mode} > {log} 2>&1"

@@ -17,7 +17,7 @@ import pandas as pd
 
 from occbench.io import read_json
 from occbench.metrics.stats import mean_ci95, nan_to_none
-from occbench.workflow.grid import COMPUTE_MATCHED, SCRATCH, TEACHER_SEPARATOR
+from occbench.workflow.grid import COMPUTE_MATCHED, FULL, PROBE, SCRATCH, TEACHER_SEPARATOR
 
 # Sources that load no checkpoint, so their runs carry no load report.
 UNPRETRAINED = (SCRATCH, COMPUTE_MATCHED)
@@ -32,6 +32,7 @@ COORDINATES = (
     "label_fraction",
     "seed",
     "label_split_seed",
+    "mode",
 )
 # What the run's pre-training trained: share of the backbone's parameter values
 # loaded and trained, and the top-level modules never trained, comma-separated in
@@ -42,6 +43,7 @@ SOURCE_KEYS = ("backbone", "method", "pretrain_dataset", "pretrain_fraction")
 # One summary row: everything but the training and label-split seeds.
 SUMMARY_KEYS = (
     "task",
+    "mode",
     "backbone",
     "finetune_dataset",
     "method",
@@ -50,8 +52,9 @@ SUMMARY_KEYS = (
     "label_fraction",
     "metric",
 )
-# What a pre-trained row is compared with: the scratch row of the same cell.
-SCRATCH_MATCH_KEYS = ("task", "backbone", "finetune_dataset", "label_fraction", "metric")
+# What a pre-trained row is compared with: the scratch row of the same cell and mode (a probe with the
+# random-backbone probe).
+SCRATCH_MATCH_KEYS = ("task", "mode", "backbone", "finetune_dataset", "label_fraction", "metric")
 # A run's scratch partner: the scratch run of the same cell, training seed and label split.
 PAIR_KEYS = (*SCRATCH_MATCH_KEYS, "seed", "label_split_seed")
 # What a cell's interval spans: its runs, and how many training seeds and label splits they have.
@@ -59,7 +62,10 @@ COUNT_COLUMNS = ("n_runs", "n_seeds", "n_label_splits")
 # Paired difference to scratch over the cell's runs (see ``summarise``).
 PAIRED_COLUMNS = ("paired_n", "paired_diff_mean", "paired_diff_ci95", "unpaired_runs")
 # One table or plot per combination of these.
-TABLE_KEYS = ("task", "finetune_dataset", "backbone")
+TABLE_KEYS = ("task", "finetune_dataset", "backbone", "mode")
+# What a mode adds to the names of its tables, plots and DVC metrics keys: nothing for full, so
+# they keep the names they had before modes existed.
+MODE_SUFFIXES = {FULL: "", PROBE: f"_{PROBE}"}
 # One table row or plot line per combination of these.
 ROW_KEYS = ("method", "pretrain_dataset", "pretrain_fraction")
 
@@ -104,6 +110,8 @@ def _run_rows(run_dir: Path) -> list[dict]:
     meta_path, metrics_path = run_dir / "run_meta.json", run_dir / "metrics.json"
     meta = _read_json_file(meta_path)
     run = meta.get("run") if isinstance(meta, dict) else None
+    if isinstance(run, dict):
+        run = {"mode": FULL, **run}  # a run recorded before modes existed was a full fine-tune
     if not isinstance(run, dict) or not set(COORDINATES) <= run.keys():
         raise ValueError(f"{meta_path}: 'run' must hold {', '.join(COORDINATES)}")
     metrics = _read_json_file(metrics_path)
@@ -301,14 +309,14 @@ def _dvc_row_id(key: tuple) -> str:
 def dvc_metrics(summary: pd.DataFrame, main_metrics: Mapping[str, str]) -> dict:
     """Nested numbers for the DVC metrics file.
 
-    task -> finetune_dataset -> backbone -> row id ("scratch", "also@synthetic_pt_100pct")
-    -> "labels_10pct" -> {"mean", "ci95", "delta_scratch", "paired_diff_mean", "paired_diff_ci95"},
-    NaN written as null.
+    task (with its mode's suffix: "segmentation", "segmentation_probe") -> finetune_dataset -> backbone
+    -> row id ("scratch", "also@synthetic_pt_100pct") -> "labels_10pct" -> {"mean", "ci95",
+    "delta_scratch", "paired_diff_mean", "paired_diff_ci95"}, NaN written as null.
     """
     metrics: dict = {}
     for record in main_metric_rows(summary, main_metrics).to_dict("records"):
         path = [
-            record["task"],
+            record["task"] + MODE_SUFFIXES[record["mode"]],
             record["finetune_dataset"],
             record["backbone"],
             _dvc_row_id(row_key(record)),

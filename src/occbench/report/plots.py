@@ -19,6 +19,8 @@ from matplotlib.ticker import NullLocator
 
 from occbench.io import atomic_path
 from occbench.report.aggregate import (
+    MODE_SUFFIXES,
+    PROBE,
     SCRATCH,
     TABLE_KEYS,
     format_percent,
@@ -64,6 +66,11 @@ def _set_title(axes: Axes, title: str, cells: pd.DataFrame) -> None:
     axes.set_title(f"{title}\n{errors}", fontsize="small")
 
 
+def _mode_text(mode: str) -> str:
+    """What a title adds for a probe (nothing for full fine-tuning)."""
+    return ", frozen-backbone probe" if mode == PROBE else ""
+
+
 def _save(figure: Figure, path: Path) -> Path:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120)
@@ -76,18 +83,20 @@ def plot_label_efficiency(
     out_dir: str | Path,
     method_order: Sequence[str] = (),
 ) -> list[Path]:
-    """label_efficiency_{task}_{dataset}_{backbone}.png: metric against label fraction."""
+    """label_efficiency_{task}_{dataset}_{backbone}.png: metric against label fraction (a probe's name ends
+    in _probe before .png)."""
     written = []
     rows = main_metric_rows(summary, main_metrics)
-    for (task, dataset, backbone), table in rows.groupby(list(TABLE_KEYS), sort=True):
+    for (task, dataset, backbone, mode), table in rows.groupby(list(TABLE_KEYS), sort=True):
         figure, axes = _new_axes()
         for key, line in split_rows(table, method_order):
             _draw_line(axes, line, "label_fraction", row_label(key))
         _percent_log_x(axes, table["label_fraction"], "labelled fine-tuning data")
         axes.set_ylabel(f"{metric_label(main_metrics[task])} (%)")
-        _set_title(axes, f"{task} on {dataset}, backbone {backbone}", table)
+        _set_title(axes, f"{task} on {dataset}, backbone {backbone}{_mode_text(mode)}", table)
         axes.legend()
-        written.append(_save(figure, Path(out_dir) / f"label_efficiency_{task}_{dataset}_{backbone}.png"))
+        name = f"label_efficiency_{task}_{dataset}_{backbone}{MODE_SUFFIXES[mode]}.png"
+        written.append(_save(figure, Path(out_dir) / name))
     return written
 
 
@@ -97,13 +106,14 @@ def plot_pretrain_scaling(
     out_dir: str | Path,
     method_order: Sequence[str] = (),
 ) -> list[Path]:
-    """pretrain_scaling_{task}_{dataset}_{backbone}_labels_{key}.png: metric against pre-training fraction.
+    """pretrain_scaling_{task}_{dataset}_{backbone}_labels_{key}.png: metric against pre-training fraction
+    (a probe's: ..._{backbone}_probe_labels_{key}.png).
 
     Settings with a single pre-training fraction have nothing to scale and get no plot.
     """
     written = []
     rows = main_metric_rows(summary, main_metrics)
-    for (task, dataset, backbone, label_fraction), table in rows.groupby(
+    for (task, dataset, backbone, mode, label_fraction), table in rows.groupby(
         [*TABLE_KEYS, "label_fraction"], sort=True
     ):
         pretrained = table[table["method"] != SCRATCH]
@@ -118,8 +128,10 @@ def plot_pretrain_scaling(
             axes.axhspan(mean - ci95, mean + ci95, color="black", alpha=0.1)
         _percent_log_x(axes, pretrained["pretrain_fraction"], "pre-training data")
         axes.set_ylabel(f"{metric_label(main_metrics[task])} (%)")
-        _set_title(axes, f"{task} on {dataset}, backbone {backbone}, {format_percent(label_fraction)} % labels", table)
+        _set_title(axes, f"{task} on {dataset}, backbone {backbone}{_mode_text(mode)}, "
+                         f"{format_percent(label_fraction)} % labels", table)
         axes.legend()
-        name = f"pretrain_scaling_{task}_{dataset}_{backbone}_labels_{fraction_key(label_fraction)}.png"
+        name = (f"pretrain_scaling_{task}_{dataset}_{backbone}{MODE_SUFFIXES[mode]}_labels_"
+                f"{fraction_key(label_fraction)}.png")
         written.append(_save(figure, Path(out_dir) / name))
     return written

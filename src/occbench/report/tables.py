@@ -27,6 +27,8 @@ import pandas as pd
 from occbench.io import write_text
 from occbench.report.aggregate import (
     COMPUTE_MATCHED,
+    MODE_SUFFIXES,
+    PROBE,
     SCRATCH,
     TABLE_KEYS,
     format_percent,
@@ -217,9 +219,9 @@ def write_tables(
     method_order: Sequence[str] = (),
     more_metrics: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Path]:
-    """One table per (task, finetune_dataset, backbone) as {task}_{dataset}_{backbone}.{md,tex,csv}, and per
-    metric of ``more_metrics`` (task -> further headline metrics, detection's NDS) one more, its stem ending
-    in _{metric} lower-cased."""
+    """One table per (task, finetune_dataset, backbone, mode) as {task}_{dataset}_{backbone}.{md,tex,csv}
+    (full fine-tuning) or {task}_{dataset}_{backbone}_probe.{md,tex,csv}, and per metric of ``more_metrics``
+    (task -> further headline metrics, detection's NDS) one more, its stem ending in _{metric} lower-cased."""
     written = _write_metric_tables(summary, main_metrics, out_dir, method_order, "")
     for task, metrics in (more_metrics or {}).items():
         for metric in metrics:
@@ -231,11 +233,12 @@ def write_tables(
 def _write_metric_tables(summary: pd.DataFrame, main_metrics: Mapping[str, str], out_dir: str | Path,
                          method_order: Sequence[str], stem_end: str) -> list[Path]:
     written = []
-    for (task, dataset, backbone), table in main_metric_rows(summary, main_metrics).groupby(
+    for (task, dataset, backbone, mode), table in main_metric_rows(summary, main_metrics).groupby(
         list(TABLE_KEYS), sort=True
     ):
+        trained = "probed (frozen backbone, head trained)" if mode == PROBE else "fine-tuned"
         caption = (
-            f"{metric_label(main_metrics[task])} (%) for {task} fine-tuned on {dataset}, "
+            f"{metric_label(main_metrics[task])} (%) for {task} {trained} on {dataset}, "
             f"backbone {backbone}: mean ± half-width of the 95 % t-interval over "
             f"{interval_span(table)}; (paired difference to scratch) in percentage points: mean ± half-width "
             "of the 95 % t-interval, over the same runs, of each run minus the scratch run of its training "
@@ -252,7 +255,7 @@ def _write_metric_tables(summary: pd.DataFrame, main_metrics: Mapping[str, str],
         if unpaired:
             caption += f" {unpaired}"
         header, body = _grid(table, method_order, labels)
-        stem = f"{task}_{dataset}_{backbone}{stem_end}"
+        stem = f"{task}_{dataset}_{backbone}{MODE_SUFFIXES[mode]}{stem_end}"
         contents = {
             "md": markdown_table(caption, header, body),
             "tex": latex_table(caption, stem, header, body),

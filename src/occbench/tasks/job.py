@@ -21,7 +21,7 @@ from occbench.tasks.base import FinetuneModel, TaskContext
 from occbench.training import TrainConfig, fit, save_torch, seed_everything
 from occbench.training.distributed import init_distributed
 from occbench.training.loop import STATE_FILE, resolve_device
-from occbench.workflow.grid import FinetuneRun, digest, finetune_digest
+from occbench.workflow.grid import FinetuneRun, digest, finetune_digest, task_settings
 
 
 def epochs_for(schedule: list[dict], label_fraction: float) -> int:
@@ -77,7 +77,8 @@ def evaluate(model: FinetuneModel, index: FrameIndex, frame_ids: list[str], batc
 
 
 def finetune(params: dict, run: FinetuneRun) -> dict:
-    settings, execution = params["finetune"][run.task], params["execution"]
+    """Train and evaluate one run; a probe (run.mode) trains the head on a frozen backbone."""
+    settings, execution = task_settings(params, run), params["execution"]
     seed_everything(run.seed, execution["threads"])
     frames = RunFrames.read(run.finetune_dataset, "labels", run.label_fraction, run.label_split_seed)
     index, split_file, train_ids, val_ids = frames.index, frames.split_file, frames.train_ids, frames.val_ids

@@ -20,6 +20,15 @@ SCRATCH = "scratch"  # the one method without a pre-training job
 # (grid.compute_matched_scratch): a source of its own, with no pre-training job either.
 COMPUTE_MATCHED = "scratch_matched"
 
+# How a fine-tuning run trains the backbone (grid.finetune_modes): all of it ("full"), or not at all
+# ("probe": frozen, BatchNorm statistics included; only the task head trains). The two rank methods
+# differently: a probe measures what the pre-trained features carry, a full fine-tune what they start.
+FULL, PROBE = "full", "probe"
+FINETUNE_MODES = (FULL, PROBE)
+# Each mode's folder between a run's source and its label fraction: none for full, so the runs
+# finished before modes existed keep their paths.
+MODE_DIRS = {FULL: "", PROBE: f"{PROBE}/"}
+
 # Dataset kinds converted in an environment of their own (workflow/envs/<kind>.yml):
 # their official tools pin versions the rest of occbench cannot share.
 OWN_ENVIRONMENT_KINDS = ("waymo",)
@@ -34,8 +43,8 @@ PATTERNS = {
     "label_split": "results/data/{dataset}/splits/labels_{fraction}_split_{split_seed}.txt",
     "checkpoint": "results/pretrain/{backbone}/{dataset}/{method}/pt_{fraction}/checkpoint.pt",
     "image_teacher": "results/image_teacher/{dataset}/{method}/pt_{fraction}/encoder.pt",
-    "metrics": "results/finetune/{task}/{dataset}/{backbone}/{source}/labels_{fraction}/split_{split_seed}/"
-               "seed_{seed}/metrics.json",
+    "metrics": "results/finetune/{task}/{dataset}/{backbone}/{source}/{mode_dir}labels_{fraction}/"
+               "split_{split_seed}/seed_{seed}/metrics.json",
 }
 
 
@@ -207,10 +216,17 @@ class FinetuneRun:
     label_split_seed: int  # which nested set of label splits it fine-tunes on
     pretrained: PretrainRun | None  # None: scratch
     compute_matched: MatchedPretraining | None = None  # scratch trained as long as this pre-training + fine-tuning
+    mode: str = FULL  # FINETUNE_MODES
 
     def __post_init__(self):
         if self.pretrained is not None and self.compute_matched is not None:
             raise ValueError("a compute-matched run is scratch: it has no pre-trained source")
+        if self.mode not in MODE_DIRS:
+            raise ValueError(f"unknown fine-tuning mode {self.mode!r}; known: {', '.join(FINETUNE_MODES)} "
+                             "(grid.finetune_modes)")
+        if self.mode == PROBE and self.compute_matched is not None:
+            raise ValueError("a compute-matched scratch run trains the backbone as long as pre-training does; "
+                             "a probe trains no backbone, so there is no probe of it")
 
     @property
     def method(self) -> str:
@@ -228,7 +244,8 @@ class FinetuneRun:
     def metrics(self) -> Path:
         return Path(PATTERNS["metrics"].format(
             task=self.task, dataset=self.finetune_dataset, backbone=self.backbone, source=self.source,
-            fraction=fraction_tag(self.label_fraction), split_seed=self.label_split_seed, seed=self.seed,
+            mode_dir=MODE_DIRS[self.mode], fraction=fraction_tag(self.label_fraction),
+            split_seed=self.label_split_seed, seed=self.seed,
         ))
 
     @property
@@ -249,6 +266,7 @@ class FinetuneRun:
             "label_fraction": self.label_fraction,
             "seed": self.seed,
             "label_split_seed": self.label_split_seed,
+            "mode": self.mode,
         }
 
 
@@ -284,19 +302,24 @@ class Grid:
         return seeds if label_fraction < 1 else seeds[:1]
 
     def _finetune_runs(self) -> Iterator[FinetuneRun]:
+        """Every mode's runs, the first mode's first; scratch probes the random backbone (the baseline of
+        whether pre-trained features carry anything), compute-matched scratch is full fine-tuning only."""
         grid = self.params["grid"]
-        for task, backbone, transfer, label_fraction, seed in product(
-            grid["tasks"], grid["backbones"], grid["transfers"], grid["label_fractions"], grid["seeds"]
+        for mode, task, backbone, transfer, label_fraction, seed in product(
+            grid["finetune_modes"], grid["tasks"], grid["backbones"], grid["transfers"], grid["label_fractions"],
+            grid["seeds"]
         ):
             for split_seed in self.label_split_seeds(grid, label_fraction):
-                run = partial(FinetuneRun, task, backbone, transfer["finetune"], label_fraction, seed, split_seed)
+                run = partial(FinetuneRun, task, backbone, transfer["finetune"], label_fraction, seed, split_seed,
+                              mode=mode)
                 for method in grid["methods"]:
                     if method == SCRATCH:
                         yield run(None)
                         continue
                     for fraction in grid["pretrain_fractions"]:
                         yield run(pretrain_run(self.params, backbone, transfer["pretrain"], method, fraction))
-                if grid["compute_matched_scratch"]:  # check_consistency: the grid has a pre-training to match
+                # check_consistency: the grid has a pre-training to match
+                if grid["compute_matched_scratch"] and mode == FULL:
                     for fraction in grid["pretrain_fractions"]:
                         yield run(None, MatchedPretraining(transfer["pretrain"], fraction))
 
@@ -345,15 +368,23 @@ class Grid:
         return run
 
     def finetune_run(self, task: str, backbone: str, finetune_dataset: str, source: str,
-                     label_fraction: float, seed: int, label_split_seed: int) -> FinetuneRun:
+                     label_fraction: float, seed: int, label_split_seed: int, mode: str = FULL) -> FinetuneRun:
         if source in self._matched_by_tag:
             return FinetuneRun(task, backbone, finetune_dataset, label_fraction, seed, label_split_seed, None,
-                               self._matched_by_tag[source])
+                               self._matched_by_tag[source], mode)
         if source.startswith(f"{COMPUTE_MATCHED}-"):
             raise ValueError(f"no compute-matched source {source!r} in the grid: grid.compute_matched_scratch is off "
                              "or the grid has no such pre-training")
         return FinetuneRun(task, backbone, finetune_dataset, label_fraction, seed, label_split_seed,
-                           self.pretrain_run(backbone, source))
+                           self.pretrain_run(backbone, source), mode=mode)
+
+    @staticmethod
+    def mode_at(mode_dir: str) -> str:
+        """The fine-tuning mode whose folder a run path has ({mode_dir}: '' or 'probe/')."""
+        modes = {folder: mode for mode, folder in MODE_DIRS.items()}
+        if mode_dir not in modes:
+            raise ValueError(f"{mode_dir!r} is no fine-tuning mode's folder; known: {list(modes)}")
+        return modes[mode_dir]
 
 
 def _with_teachers(run: PretrainRun) -> list[PretrainRun]:
@@ -469,12 +500,27 @@ def image_teacher_inputs(params: dict[str, Any], run: ImageTeacherRun) -> dict[s
     }
 
 
+# What a probe run's settings (finetune.<task>.probe) may replace of its task's.
+PROBE_OVERRIDES = ("optimizer", "schedule", "grad_clip", "epochs")
+
+
+def task_settings(params: dict[str, Any], run: FinetuneRun) -> dict[str, Any]:
+    """What the run trains with: its task's block, without the probe's settings for a full run; for a
+    probe, the block with finetune.<task>.probe's values in place and the backbone frozen
+    (backbone_lr_scale 0, which freezes its BatchNorm statistics too: tasks.base.FinetuneModel)."""
+    settings = {key: value for key, value in params["finetune"][run.task].items() if key != PROBE}
+    if run.mode == PROBE:
+        settings.update(params["finetune"][run.task].get(PROBE, {}), backbone_lr_scale=0)
+    return settings
+
+
 def finetune_inputs(params: dict[str, Any], run: FinetuneRun) -> dict[str, Any]:
     """Every params value a fine-tuning run reads, and nothing else; for a pre-trained
     source, that run's digest (so its settings count) and the minimum loaded fraction;
     for a compute-matched one, what fixes the pre-training's step count. The label-split
     seed enters through the split alone, so a run on split 0 keeps the digest it had
-    before label-split seeds existed."""
+    before label-split seeds existed; likewise the mode enters a probe's digest only, so
+    a full run keeps the digest it had before modes existed."""
     finetune = params["finetune"]
     source = None
     if run.pretrained is not None:
@@ -487,9 +533,11 @@ def finetune_inputs(params: dict[str, Any], run: FinetuneRun) -> dict[str, Any]:
                   "pretrain_split": split_inputs(params, "pretrain")}
     coordinates = run.coordinates()
     del coordinates["label_split_seed"]
+    if run.mode == FULL:
+        del coordinates["mode"]
     return {
         "run": coordinates,
-        "task": finetune[run.task],
+        "task": task_settings(params, run),
         **training_inputs(params, run.backbone, run.finetune_dataset, "labels", run.label_split_seed),
         "source": source,
     }
