@@ -166,7 +166,7 @@ def test_a_pinned_teacher_whose_hash_differs_is_refused(tmp_path):
     weights.write_bytes(b"not the pinned file")
     pinned = PretrainRun("small", "synthetic", "picture", 1.0, PinnedTeacher("seal", weights, "0" * 64))
     with pytest.raises(ValueError, match=f"{weights}: SHA-256 is {hashlib.sha256(weights.read_bytes()).hexdigest()}"
-                                         ", but pretrain.methods.picture.teacher pins 0000"):
+                                         r" \(of 19 bytes\), but pretrain.methods.picture.teacher pins 0000"):
         teacher_record(pinned)
 
 
