@@ -4,15 +4,12 @@ with its SHA-256 for the method it teaches (OccFeat) to load frozen."""
 
 from __future__ import annotations
 
-import time
-
 from occbench.data.loader import RunFrames
-from occbench.io import sha256_file, write_json
+from occbench.io import sha256_file
 from occbench.models.image_encoder import ImageEncoder, MaskedImageModel, save_image_encoder
-from occbench.pretrain.job import pretext_metrics
-from occbench.provenance import environment
-from occbench.training import TrainConfig, fit, seed_everything
-from occbench.training.loop import STATE_FILE, resolve_device
+from occbench.pretrain.job import finish_run, fit_between_pretext_measures
+from occbench.training import TrainConfig, seed_everything
+from occbench.training.loop import resolve_device
 from occbench.workflow.grid import ImageTeacherRun, digest, image_teacher_digest
 
 NEEDS = frozenset({"cameras"})
@@ -29,14 +26,9 @@ def train_image_teacher(params: dict, run: ImageTeacherRun) -> dict:
     split_sha256 = sha256_file(frames.split_file)
     resume_key = digest({"params": params_digest, "split": split_sha256})
     device = resolve_device(execution["device"])
-    workers = execution["loader_workers"]
-
-    started = time.perf_counter()
-    held_out = (frames.index, frames.val_ids, seed, device, workers)
-    pretext_init = pretext_metrics(model.to(device), NEEDS, *held_out)
-    result = fit(model, frames.training_set(params, seed), NEEDS, config, execution, run.directory, resume_key,
-                 desc=f"image teacher of {run.method}")
-    pretext_final = pretext_metrics(model, NEEDS, *held_out)
+    _, measured = fit_between_pretext_measures(model, frames, frames.training_set(params, seed), NEEDS, config,
+                                               execution, run.directory, resume_key,
+                                               f"image teacher of {run.method}", seed, device)
     meta = {
         "run": {"dataset": run.dataset, "method": run.method, "fraction": run.fraction},
         "objective": "masked image modelling",
@@ -44,16 +36,9 @@ def train_image_teacher(params: dict, run: ImageTeacherRun) -> dict:
         "hparams_digest": params_digest,
         "resume_key": resume_key,
         "split": {"file": str(frames.split_file), "sha256": split_sha256, "frames": len(frames.train_ids)},
-        "pretext": {"val_frames": len(frames.val_ids), "init": pretext_init, "final": pretext_final},
-        "history": result.history,
-        "steps": result.steps,
-        "resumed_from": result.resumed_from,
-        "step_seconds": result.step_seconds,
-        "wall_seconds": time.perf_counter() - started,
-        **environment(),
+        **measured,
     }
     save_image_encoder(run.checkpoint, model.encoder.cpu(), meta)
     meta["sha256"] = sha256_file(run.checkpoint)
-    write_json(run.directory / "run_meta.json", meta)
-    (run.directory / STATE_FILE).unlink(missing_ok=True)
+    finish_run(run.directory, meta)
     return meta

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from occbench.models.checkpoint import save_checkpoint
 from occbench.pretrain import METHODS
 from occbench.pretrain.base import PretrainModel, RunContext
 from occbench.provenance import environment
-from occbench.training import TrainConfig, fit, seed_everything
+from occbench.training import FitResult, TrainConfig, fit, seed_everything
 from occbench.training.distributed import init_distributed
 from occbench.training.loop import STATE_FILE, resolve_device, step_seed
 from occbench.workflow.grid import PinnedTeacher, PretrainRun, digest, pretrain_digest, teacher_name
@@ -43,6 +44,37 @@ def pretext_metrics(model: torch.nn.Module, needs: frozenset[str], index: FrameI
             for key, values in per_frame.items()}
 
 
+def fit_between_pretext_measures(model: torch.nn.Module, frames: RunFrames, dataset, needs: frozenset[str],
+                                  config: TrainConfig, execution: dict, run_dir: Path, resume_key: str, desc: str,
+                                  seed: int, device: torch.device,
+                                  is_main: bool = True) -> tuple[FitResult, dict]:
+    """``fit`` with the held-out pretext metrics measured before and after, for every job that trains an
+    unlabelled objective (pre-training, an image teacher); returns fit's result and the run_meta fields
+    they all record (none on a rank other than 0, which measures and writes nothing)."""
+    started = time.perf_counter()
+    held_out = (frames.index, frames.val_ids, seed, device, execution["loader_workers"])
+    pretext_init = pretext_metrics(model.to(device), needs, *held_out) if is_main else {}
+    result = fit(model, dataset, needs, config, execution, run_dir, resume_key, desc=desc)
+    if not is_main:
+        return result, {}
+    return result, {
+        "pretext": {"val_frames": len(frames.val_ids), "init": pretext_init,
+                    "final": pretext_metrics(model, needs, *held_out)},
+        "history": result.history,
+        "steps": result.steps,
+        "resumed_from": result.resumed_from,
+        "step_seconds": result.step_seconds,
+        "wall_seconds": time.perf_counter() - started,
+        **environment(),
+    }
+
+
+def finish_run(run_dir: Path, meta: dict) -> None:
+    """Write the run's run_meta.json after its checkpoint, then drop its resume state: the run is done."""
+    write_json(run_dir / "run_meta.json", meta)
+    (run_dir / STATE_FILE).unlink(missing_ok=True)
+
+
 def teacher_record(run: PretrainRun) -> dict | None:
     """The teacher checkpoint's name, path and SHA-256; a pinned file whose hash is not the pinned
     one is refused (it is not the teacher the params name)."""
@@ -63,7 +95,7 @@ def pretrain(params: dict, run: PretrainRun) -> None:
     settings, execution = params["pretrain"], params["execution"]
     seed_everything(settings["seed"], execution["threads"])
     frames = RunFrames.read(run.dataset, "pretrain", run.fraction)
-    index, split_file, frame_ids, val_ids = frames.index, frames.split_file, frames.train_ids, frames.val_ids
+    index, split_file, frame_ids = frames.index, frames.split_file, frames.train_ids
 
     backbone = SparseBackbone.from_params(params, run.backbone)
     teacher = teacher_record(run)
@@ -79,15 +111,11 @@ def pretrain(params: dict, run: PretrainRun) -> None:
     resume_key = digest({"params": params_digest, "split": split_sha256, "teacher": teacher})
     ddp = init_distributed(execution["device"])  # the group fit() trains in; rank 0 measures and writes
     device = resolve_device(execution["device"], ddp.local_rank)
-
-    started = time.perf_counter()
-    workers = execution["loader_workers"]
-    pretext_init = pretext_metrics(model.to(device), needs, index, val_ids, settings["seed"], device, workers) \
-        if ddp.is_main else {}
-    result = fit(model, dataset, needs, config, execution, run.directory, resume_key, desc=run.method)
+    result, measured = fit_between_pretext_measures(model, frames, dataset, needs, config, execution,
+                                                    run.directory, resume_key, run.method, settings["seed"],
+                                                    device, ddp.is_main)
     if not ddp.is_main:
         return
-    pretext_final = pretext_metrics(model, needs, index, val_ids, settings["seed"], device, workers)
     trained = sorted(name.removeprefix("backbone.") for name in result.trained_parameters
                      if name.startswith("backbone."))
     meta = {
@@ -99,14 +127,7 @@ def pretrain(params: dict, run: PretrainRun) -> None:
         "resume_key": resume_key,
         "split": {"file": str(split_file), "sha256": split_sha256, "frames": len(frame_ids)},
         "teacher": teacher,
-        "pretext": {"val_frames": len(val_ids), "init": pretext_init, "final": pretext_final},
-        "history": result.history,
-        "steps": result.steps,
-        "resumed_from": result.resumed_from,
-        "step_seconds": result.step_seconds,
-        "wall_seconds": time.perf_counter() - started,
-        **environment(),
+        **measured,
     }
     save_checkpoint(run.checkpoint, backbone.cpu(), meta, trained)
-    write_json(run.directory / "run_meta.json", meta)
-    (run.directory / STATE_FILE).unlink(missing_ok=True)
+    finish_run(run.directory, meta)
