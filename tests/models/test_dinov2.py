@@ -90,3 +90,35 @@ def test_a_tensor_of_the_wrong_shape_is_refused_naming_the_file(tmp_path):
     torch.save(state, path)
     with pytest.raises(ValueError, match=f"^{path}: not a DINOv2 backbone state dict \\(.*blocks.0.attn.proj.weight"):
         load_frozen_dinov2(path)
+
+
+def test_attention_splits_qkv_into_query_key_value_then_64_channel_heads():
+    from occbench.models.dinov2 import Attention
+
+    torch.manual_seed(0)
+    attention, x = Attention(128, 2), torch.randn(1, 5, 128)
+    q, k, v = (x @ attention.qkv.weight.T + attention.qkv.bias).split(128, dim=-1)
+    heads = [torch.softmax(q[..., h] @ k[..., h].transpose(1, 2) / 8.0, dim=-1) @ v[..., h]
+             for h in (slice(0, 64), slice(64, 128))]  # 8 = sqrt(64)
+    expected = torch.cat(heads, dim=-1) @ attention.proj.weight.T + attention.proj.bias
+    torch.testing.assert_close(attention(x), expected)
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+def test_with_blocks_scaled_to_nothing_a_cell_is_the_normed_embedding_of_its_patch_at_its_position(registers):
+    # Layer scales of 0 make every block the identity: the feature of the patch at row r, column c of a
+    # 4 x 4-patch image is LayerNorm(proj(patch) + pos_embed[1 + 4 r + c]), registers and class token left out.
+    model = DinoV2(DinoV2Architecture(**TINY_DINOV2, registers=registers))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            parameter.copy_(torch.zeros_like(parameter) if name.endswith("gamma") else torch.randn_like(parameter))
+    images = torch.randn(1, 3, 56, 56)
+    features = model(images)
+    proj, norm = model.patch_embed.proj, model.norm
+    for r in range(4):
+        for c in range(4):
+            patch = images[0, :, 14 * r:14 * r + 14, 14 * c:14 * c + 14]
+            token = (proj.weight * patch).sum(dim=(1, 2, 3)) + proj.bias + model.pos_embed[0, 1 + 4 * r + c]
+            expected = torch.nn.functional.layer_norm(token, (128,), norm.weight, norm.bias, eps=1e-6)
+            torch.testing.assert_close(features[0, :, r, c], expected, rtol=1e-5, atol=1e-5)
