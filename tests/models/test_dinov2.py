@@ -122,3 +122,12 @@ def test_with_blocks_scaled_to_nothing_a_cell_is_the_normed_embedding_of_its_pat
             token = (proj.weight * patch).sum(dim=(1, 2, 3)) + proj.bias + model.pos_embed[0, 1 + 4 * r + c]
             expected = torch.nn.functional.layer_norm(token, (128,), norm.weight, norm.bias, eps=1e-6)
             torch.testing.assert_close(features[0, :, r, c], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_width_that_is_not_whole_64_channel_heads_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "dinov2.pth"
+    state = DinoV2(DinoV2Architecture(**TINY_DINOV2)).state_dict()
+    torch.save({name: tensor[:96] if name == "patch_embed.proj.weight" else tensor for name, tensor in state.items()},
+               path)
+    with pytest.raises(ValueError, match=f"^{path}: DINOv2: width 96 is not a whole number of 64-channel heads$"):
+        load_frozen_dinov2(path)
