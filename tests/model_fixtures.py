@@ -65,3 +65,22 @@ def step_leaves_the_teacher_unchanged(model, batch) -> dict:
     trainable = {id(p) for group in model.parameter_groups() for p in group["params"]}
     assert not any(id(p) in trainable for p in teacher.parameters())
     return logs
+
+
+TINY_DINOV2 = {"embed_dim": 128, "depth": 2, "ffn_hidden": 256, "patch_size": 14, "grid": 4}  # 2 heads of 64
+
+
+def save_tiny_dinov2(path, registers: int = 0, ffn: str = "mlp"):
+    """A tiny randomly initialised DINOv2 backbone saved as Meta publishes one (a plain state dict of
+    its parameters), for the loading code to read as a pinned teacher; returns the model."""
+    import torch
+
+    from occbench.models.dinov2 import DinoV2, DinoV2Architecture
+
+    torch.manual_seed(registers)
+    model = DinoV2(DinoV2Architecture(**TINY_DINOV2, ffn=ffn, registers=registers)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.2)
+    torch.save(model.state_dict(), path)
+    return model

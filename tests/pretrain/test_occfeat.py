@@ -16,7 +16,7 @@ from occbench.models.image_encoder import ImageEncoder, load_frozen_image_encode
 from occbench.models.voxelize import VoxelGrid
 from occbench.pretrain.base import PretrainModel, RunContext
 from occbench.pretrain.occfeat import OccFeat, distillation_loss, occupied_voxels, project, sample_features
-from model_fixtures import step_leaves_the_teacher_unchanged
+from model_fixtures import save_tiny_dinov2, step_leaves_the_teacher_unchanged
 from overfitting import overfit, pretext
 
 SMALL_CAMERA = {"name": "front", "width": 64, "height": 40, "hfov_deg": 90.0, "position": [0.5, 0.0, -0.3],
@@ -149,3 +149,76 @@ def test_occfeat_pretrains_through_the_cli_from_the_image_teacher_the_dag_trains
     # the head and the teacher are dropped: the checkpoint holds the backbone's state, all of it
     saved = read_checkpoint(run_dir / "checkpoint.pt")["backbone"]
     assert set(saved) == set(SparseBackbone.from_params(smoke_params(), "small").state_dict())
+
+
+@pytest.fixture
+def dinov2_teacher(tmp_path) -> dict:
+    """A tiny DINOv2 backbone with 4 registers saved as Meta publishes one, pinned as OccFeat's teacher."""
+    from occbench.io import sha256_file
+
+    path = tmp_path / "dinov2_tiny_reg4_pretrain.pth"
+    save_tiny_dinov2(path, registers=4)
+    return {"name": "dinov2_tiny", "weights": str(path), "sha256": sha256_file(path), "kind": "dinov2"}
+
+
+def test_a_pinned_dinov2_teacher_is_distilled_and_frozen_through_a_step(smoke, dinov2_teacher, camera_batch):
+    from occbench.models.dinov2 import DinoV2
+
+    path = Path(dinov2_teacher["weights"])
+    model = occfeat_model(smoke, path, teacher=dinov2_teacher)
+    assert isinstance(model.method.teacher, DinoV2) and model.method.to_feature.out_features == 128
+    logs = step_leaves_the_teacher_unchanged(model, camera_batch)
+    assert logs["distilled_voxels"] > 0 and logs["distillation"] > 0
+
+
+def test_a_pinned_dinov2_teacher_of_another_sha256_or_not_dinov2_is_refused(smoke, dinov2_teacher):
+    from occbench.pretrain.job import teacher_record
+    from occbench.workflow.grid import PinnedTeacher, PretrainRun
+
+    path = Path(dinov2_teacher["weights"])
+    pinned = PretrainRun("small", "synthetic", "occfeat", 1.0, PinnedTeacher("dinov2_tiny", path, "0" * 64, "dinov2"))
+    with pytest.raises(ValueError, match=f"^{path}: SHA-256 is {dinov2_teacher['sha256']} .* pins 0000"):
+        teacher_record(pinned)
+    encoder = path.with_name("encoder.pt")
+    save_image_encoder(encoder, ImageEncoder((8, 16)), {})
+    with pytest.raises(ValueError, match=f"^{encoder}: not a DINOv2 backbone state dict"):
+        occfeat_model(smoke, encoder, teacher={**dinov2_teacher, "weights": str(encoder)})
+
+
+def test_occfeat_pretrains_through_the_cli_from_a_pinned_dinov2_teacher(tmp_path, monkeypatch, dinov2_teacher):
+    """One epoch of the smoke world: the pinned file is read from disk, recorded by name and SHA-256."""
+    import json
+
+    import yaml
+
+    from occbench.cli import main
+    from smoke import make_dataset, smoke_params
+
+    make_dataset(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    params = smoke_params()
+    params["grid"]["methods"] = ["scratch", "occfeat"]
+    params["pretrain"]["methods"]["occfeat"]["teacher"] = dinov2_teacher
+    params_file = tmp_path / "dinov2.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    assert main(["--params", str(params_file), "pretrain", "--backbone", "small", "--method", "occfeat",
+                 "--dataset", "synthetic", "--fraction", "1"]) == 0
+    meta = json.loads(Path("results/pretrain/small/synthetic/occfeat+dinov2_tiny/pt_1/run_meta.json").read_text())
+    assert meta["teacher"] == {"name": "dinov2_tiny", "file": dinov2_teacher["weights"],
+                               "sha256": dinov2_teacher["sha256"]}
+    assert meta["steps"] > 0 and set(meta["pretext"]["final"]) == {"occupancy_iou", "feature_cosine", "bce",
+                                                                    "distillation"}
+
+
+def test_params_name_a_pinned_teachers_kind_among_those_occfeat_reads(smoke, dinov2_teacher):
+    import copy
+
+    from occbench.config import ParamsError, validate_params
+
+    params = copy.deepcopy(smoke)
+    params["pretrain"]["methods"]["occfeat"]["teacher"] = dinov2_teacher
+    validate_params(params)
+    params["pretrain"]["methods"]["occfeat"]["teacher"]["kind"] = "clip"
+    with pytest.raises(ParamsError, match="pretrain.methods.occfeat.teacher.kind: 'clip' is not one of "
+                                          r"\['occbench_image_encoder', 'dinov2'\]"):
+        validate_params(params)

@@ -27,3 +27,10 @@ def test_one_row_per_variant_with_its_teacher(tmp_path):
         ["| picture+seal", "re-implementation", "seal (file w/seal.pt, sha256 abababababab…)"],
     ]
     assert METHODS["picture"].paper in rows[1] and METHODS["picture"].differs in rows[1]
+
+
+def test_a_pinned_dinov2_teacher_is_named_with_its_kind(tmp_path):
+    teacher = PinnedTeacher("dinov2_vits14", Path("w/dinov2_vits14_pretrain.pth"), "cd" * 32, "dinov2")
+    markdown, _ = write_methods_table([PretrainRun("small", "nuscenes", "occfeat", 1.0, teacher)], tmp_path)
+    assert "| occfeat+dinov2_vits14 | re-implementation | dinov2_vits14 (kind dinov2, file " \
+           "w/dinov2_vits14_pretrain.pth, sha256 cdcdcdcdcdcd…) |" in markdown.read_text()

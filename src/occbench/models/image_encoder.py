@@ -60,6 +60,10 @@ class ImageEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.stages(images)
 
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (B, H, W, 3) -> their feature map: what OccFeat asks of every image teacher."""
+        return self(pixels(images))
+
 
 class MaskedImageModel(nn.Module):
     """The encoder under masked image modelling, trained by ``fit`` on every camera image of a batch."""

@@ -15,19 +15,25 @@ latent of a voxel to the teacher's feature space. Targets:
   the loss is 1 - cosine (``distillation: cosine``) or the squared distance to
   the unit target (``l2``), averaged over (voxel, camera) pairs.
 
-Loss = BCE + ``feature_weight`` * distillation. The teacher is an image
-encoder checkpoint (models/image_encoder.py) named in ``teacher``: on the
-synthetic world, one the DAG trains self-supervised on the pre-training
-frames' rendered images (``self_supervised``, grid.ImageTeacherRun); or a
-pinned file. The head and the teacher are dropped after pre-training.
+Loss = BCE + ``feature_weight`` * distillation. The teacher is named in
+``teacher``: on the synthetic world, an image encoder (models/image_encoder.py)
+the DAG trains self-supervised on the pre-training frames' rendered images
+(``self_supervised``, grid.ImageTeacherRun); on real data, a pinned file whose
+``kind`` says how to read it: ``dinov2``, a DINOv2 backbone as Meta publishes it
+(models/dinov2.py: patch tokens after the final norm, one per 14 x 14 pixels),
+or ``occbench_image_encoder`` (the default), such an encoder's checkpoint. Every
+teacher maps uint8 images to a feature map covering the whole image
+(``image_features``), which is what ``sample_features`` assumes. The head and
+the teacher are dropped after pre-training.
 
 Deviations (OccFeat's code is not public):
 
 - the backbone is the shared LiDAR backbone and its BEV map, not a camera-only
   BEV network, so the occupancy and feature targets are predicted from LiDAR;
 - the teacher on synthetic data is a small CNN trained by masked image
-  modelling on the rendered images, not DINOv2 (a DINOv2 loader is not part of
-  occbench yet); its features are one per 8 x 8 pixels;
+  modelling on the rendered images, not DINOv2 (the rendered world is not
+  DINOv2's domain, and its weights are not part of occbench); its features are
+  one per 8 x 8 pixels;
 - the head is SPOT's 3x3 conv + 1x1 conv + pixel shuffle, then a linear layer
   to the teacher's dimension, not OccFeat's 3D convolutions on the unsplatted
   volume;
@@ -56,13 +62,16 @@ from torch import nn
 from occbench.config import from_settings
 from occbench.data.batch import Batch, CameraBatch
 from occbench.models.backbone import BackboneOutput, SparseBackbone
-from occbench.models.image_encoder import load_frozen_image_encoder, pixels
+from occbench.models.dinov2 import DINOV2_KIND, load_frozen_dinov2
+from occbench.models.image_encoder import IMAGE_ENCODER_KIND, load_frozen_image_encoder
 from occbench.models.occupancy_head import OccupancyColumns
 from occbench.models.voxelize import VoxelBatch, VoxelGrid
 from occbench.pretrain.base import PretrainMethod, RunContext
 
 MIN_DEPTH = 0.1  # metres in front of the camera below which a voxel centre is not projected
 DISTILLATIONS = ("cosine", "l2")
+# How each kind of teacher file (pretrain.methods.occfeat.teacher.kind) is read, frozen.
+IMAGE_TEACHER_LOADERS = {IMAGE_ENCODER_KIND: load_frozen_image_encoder, DINOV2_KIND: load_frozen_dinov2}
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,14 @@ class OccFeatSettings:
         if self.distillation not in DISTILLATIONS:
             raise ValueError(f"pretrain.methods.occfeat.distillation: {self.distillation!r} is not one of "
                              f"{DISTILLATIONS}")
+        if self.teacher_kind not in IMAGE_TEACHER_LOADERS:
+            raise ValueError(f"pretrain.methods.occfeat.teacher.kind: {self.teacher_kind!r} is not one of "
+                             f"{tuple(IMAGE_TEACHER_LOADERS)}")
+
+    @property
+    def teacher_kind(self) -> str:
+        """A pinned file's ``kind``; a teacher the DAG trains is an occbench image encoder."""
+        return self.teacher.get("kind", IMAGE_ENCODER_KIND)
 
 
 def occupied_voxels(points: list[torch.Tensor], grid: VoxelGrid) -> torch.Tensor:
@@ -128,9 +145,10 @@ def distillation_loss(predicted: torch.Tensor, taught: torch.Tensor, kind: str) 
 class OccFeat(PretrainMethod):
     paper = ("Sirko-Galouchenko et al., OccFeat: self-supervised occupancy feature prediction for pretraining "
              "BEV segmentation networks (valeoai, no public code)")
-    differs = ("LiDAR backbone, not camera-only BEV; teacher: a CNN trained by masked image modelling on the "
-               "rendered images (no DINOv2 yet); SPOT's head + linear layer; no occlusion test in the projection; "
-               "occupied voxels weighted pos_weight in the BCE")
+    differs = ("LiDAR backbone, not camera-only BEV; teacher on the synthetic world: a CNN trained by masked "
+               "image modelling on the rendered images (on real data DINOv2, as in the paper, from a pinned file); "
+               "SPOT's head + linear layer; no occlusion test in the projection; occupied voxels weighted "
+               "pos_weight in the BCE")
     headline_metrics = ("occupancy_iou", "feature_cosine")
     needs = frozenset({"cameras"})
     needs_bev = True
@@ -140,7 +158,7 @@ class OccFeat(PretrainMethod):
         self.options = from_settings(OccFeatSettings, settings, "pretrain.methods.occfeat")
         if context is None or context.teacher is None:
             raise ValueError("occfeat needs an image teacher checkpoint (pretrain.methods.occfeat.teacher)")
-        self.teacher = load_frozen_image_encoder(context.teacher)
+        self.teacher = IMAGE_TEACHER_LOADERS[self.options.teacher_kind](context.teacher)
         volume, grid = self.options.volume, backbone.grid.point_cloud_range
         z0, z1 = volume["z_range"]
         self.columns = OccupancyColumns(backbone, {"range": [grid[0], grid[1], z0, grid[3], grid[4], z1],
@@ -177,7 +195,7 @@ class OccFeat(PretrainMethod):
         uv, seen = project(centres, camera.intrinsics[sample].float(), camera.lidar_to_camera[sample].float(),
                            width, height)
         with torch.no_grad():
-            features = self.teacher(pixels(camera.images))
+            features = self.teacher.image_features(camera.images)
             target = sample_features(features, sample[seen], uv[seen], width, height)
         return seen, F.normalize(target, dim=1)
 

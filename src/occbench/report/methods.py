@@ -25,7 +25,8 @@ def _teacher(run: PretrainRun) -> str:
     if run.teacher is None:
         return "–"
     if isinstance(run.teacher, PinnedTeacher):
-        return f"{run.teacher.name} (file {run.teacher.weights}, sha256 {run.teacher.sha256[:12]}…)"
+        kind = f"kind {run.teacher.kind}, " if run.teacher.kind else ""
+        return f"{run.teacher.name} ({kind}file {run.teacher.weights}, sha256 {run.teacher.sha256[:12]}…)"
     if isinstance(run.teacher, ImageTeacherRun):
         return f"{IMAGE_TEACHER} (image encoder trained self-supervised on the camera images, a job of the grid)"
     return f"{run.teacher.variant} (run of the grid)"

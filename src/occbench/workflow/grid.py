@@ -87,11 +87,13 @@ IMAGE_TEACHER = "selfsup_image"
 
 @dataclass(frozen=True)
 class PinnedTeacher:
-    """A teacher checkpoint from outside the grid: a file pinned by its SHA-256."""
+    """A teacher checkpoint from outside the grid: a file pinned by its SHA-256; ``kind``: how the method
+    reads it, where it reads more than one kind (OccFeat: occbench_image_encoder or dinov2)."""
 
     name: str
     weights: Path
     sha256: str
+    kind: str | None = None
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,7 @@ def pretrain_run(params: dict[str, Any], backbone: str, dataset: str, method: st
     spec = params["pretrain"]["methods"][method].get("teacher")
     teacher: PretrainRun | PinnedTeacher | ImageTeacherRun | None = None
     if spec is not None and "weights" in spec:
-        teacher = PinnedTeacher(spec["name"], Path(spec["weights"]), spec["sha256"])
+        teacher = PinnedTeacher(spec["name"], Path(spec["weights"]), spec["sha256"], spec.get("kind"))
     elif spec is not None and "self_supervised" in spec:
         teacher = ImageTeacherRun(dataset, method, fraction)
     elif spec is not None:
