@@ -65,7 +65,7 @@ def copy_project(dest: Path) -> Path:
         ["add", "-A"],
         ["commit", "-q", "-m", "project copy for tests"],
     ):
-        subprocess.run(git + args, check=True)
+        subprocess.run(git + args, check=True, timeout=120)
     return dest
 
 

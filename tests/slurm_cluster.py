@@ -172,7 +172,7 @@ def _start_munged() -> int | None:
     if _munge_ok():
         return None  # someone else's munged serves us; leave it alone
     if not MUNGE_KEY.exists():
-        subprocess.run(["mungekey", "--create", f"--keyfile={MUNGE_KEY}"], check=True)
+        subprocess.run(["mungekey", "--create", f"--keyfile={MUNGE_KEY}"], check=True, timeout=60)
     for d in (MUNGE_KEY.parent, Path("/run/munge"), Path("/var/lib/munge"), MUNGE_LOG.parent):
         d.mkdir(parents=True, exist_ok=True)
         os.chown(d, *_munge_ids())

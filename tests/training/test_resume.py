@@ -57,7 +57,7 @@ def _interrupt(workdir: Path, verb: list[str], after_rows: int, how: signal.Sign
         if curve.exists() and len(curve.read_text().splitlines()) > after_rows + 1:  # header + rows
             break
         time.sleep(0.02)
-    assert proc.poll() is None, f"the job ended before it could be interrupted:\n{proc.communicate()[1][-3000:]}"
+    assert proc.poll() is None, f"the job ended before it could be interrupted:\n{proc.communicate(timeout=60)[1][-3000:]}"
     proc.send_signal(how)
     out, err = proc.communicate(timeout=120)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

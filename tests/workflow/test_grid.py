@@ -225,7 +225,7 @@ def dry_run_jobs(tmp_path, methods: list[str]) -> list[tuple[str, dict[str, str]
     (project / "methods.yaml").write_text(yaml.safe_dump({"grid": {"methods": methods}}))
     bin_dir = Path(sys.executable).parent
     result = subprocess.run([str(bin_dir / "snakemake"), "-n", "--cores", "1", "--configfile", "methods.yaml"],
-                            cwd=project, capture_output=True, text=True)
+                            cwd=project, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     jobs = re.findall(r"^rule (image_teacher|pretrain):\n((?:    .*\n)+)", result.stdout, flags=re.M)
     return [(rule, dict(re.findall(r"^    (\w+): (.*)$", job, flags=re.M))) for rule, job in jobs]
