@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from occbench.models.image_encoder import unit_pixels
 from occbench.training import load_torch
 
 DINOV2_KIND = "dinov2"  # pretrain.methods.occfeat.teacher.kind of a pinned DINOv2 backbone
@@ -171,7 +172,7 @@ class Block(nn.Module):
 
 def imagenet_pixels(images: torch.Tensor) -> torch.Tensor:
     """uint8 images (B, H, W, 3) as DINOv2's input (B, 3, H, W): in [0, 1], less ImageNet's mean, over its std."""
-    x = images.permute(0, 3, 1, 2).float() / 255.0
+    x = unit_pixels(images)
     return (x - x.new_tensor(IMAGENET_MEAN)[:, None, None]) / x.new_tensor(IMAGENET_STD)[:, None, None]
 
 

@@ -36,9 +36,14 @@ IMAGE_ENCODER_KIND = "occbench_image_encoder"  # a checkpoint's "kind": what loa
 IMAGE_ENCODER_VERSION = 1
 
 
+def unit_pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (B, H, W, 3) as float (B, 3, H, W) in [0, 1], what every image teacher normalises from."""
+    return images.permute(0, 3, 1, 2).float() / 255.0
+
+
 def pixels(images: torch.Tensor) -> torch.Tensor:
     """uint8 images (B, H, W, 3) as the encoder's input (B, 3, H, W) in [-0.5, 0.5]."""
-    return images.permute(0, 3, 1, 2).float() / 255.0 - 0.5
+    return unit_pixels(images) - 0.5
 
 
 class ImageEncoder(nn.Module):
