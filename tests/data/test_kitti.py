@@ -173,6 +173,11 @@ def write_sequence(root: Path, name: str, scans: list[np.ndarray], labels: list 
     return folder
 
 
+def _settings(root: Path, train: list[str], val: list[str]) -> dict:
+    """A semantickitti dataset's settings, without occupancy aggregation."""
+    return {"root": str(root), "train_sequences": train, "val_sequences": val, "occupancy": None}
+
+
 def moved_copy(scan: np.ndarray, index: int) -> np.ndarray:
     """The same world points as seen from scan ``index``'s pose."""
     to_lidar = np.linalg.inv(lidar_motion(index))
@@ -188,8 +193,7 @@ def test_semantickitti_real_scan_maps_classes_and_poses(tmp_path, monkeypatch):
     folder = write_sequence(tmp_path / "kitti", "00", [scan, moved_copy(scan, 1), scan, scan, scan],
                             [label, label, label, label[:-1], unknown])
     (folder / "velodyne" / "000002.bin").write_bytes(truncated)
-    settings = {"kind": "semantickitti", "root": str(tmp_path / "kitti"), "train_sequences": ["00"],
-                "val_sequences": []}
+    settings = {"kind": "semantickitti", **_settings(tmp_path / "kitti", ["00"], [])}
     monkeypatch.chdir(tmp_path)
 
     failures = run_conversion("skitti", SemanticKittiConverter(settings), settings, workers=1)
@@ -236,7 +240,7 @@ def test_semantickitti_things_get_instances_and_boxes(tmp_path):
     points = np.vstack([scan, np.column_stack([extra, np.full(len(extra), 0.5)])])
     labels = np.concatenate([label, np.full(40, (9 << 16) | 10), np.full(3, (2 << 16) | 252), np.full(6, 10)])
     write_sequence(tmp_path, "08", [points], [labels])
-    converter = SemanticKittiConverter({"root": str(tmp_path), "train_sequences": [], "val_sequences": ["08"]})
+    converter = SemanticKittiConverter(_settings(tmp_path, [], ["08"]))
     [source] = converter.sources()
     assert (source.frame_id, source.scene, source.split) == ("08_000000", "08", "val")
 
@@ -257,13 +261,13 @@ def test_semantickitti_sequence_without_labels_is_ignore_and_timed(tmp_path):
     scan = np.fromfile(real_file("semantickitti_00_000000.bin"), dtype="<f4").reshape(-1, 4)
     write_sequence(tmp_path, "11", [scan, scan], labels=None, times=[0.0, 0.103])
     write_sequence(tmp_path, "12", [scan], labels=None)
-    converter = SemanticKittiConverter({"root": str(tmp_path), "train_sequences": ["11"], "val_sequences": []})
+    converter = SemanticKittiConverter(_settings(tmp_path, ["11"], []))
     assert [s.frame_id for s in converter.sources()] == ["11_000000", "11_000001"]  # 12 is not listed
     frame = converter.load(converter.sources()[1])
     assert (frame.semantic == IGNORE_INDEX).all() and (frame.instance == 0).all()
     assert frame.meta["timestamp"] == pytest.approx(0.103)
 
-    missing = SemanticKittiConverter({"root": str(tmp_path), "train_sequences": ["11", "13"], "val_sequences": []})
+    missing = SemanticKittiConverter(_settings(tmp_path, ["11", "13"], []))
     with pytest.raises(FileNotFoundError, match=r"sequences/13/velodyne: no such folder"):
         missing.sources()
 
@@ -272,7 +276,7 @@ def test_semantickitti_calib_without_tr_is_named(tmp_path):
     scan = np.fromfile(real_file("semantickitti_00_000000.bin"), dtype="<f4").reshape(-1, 4)
     folder = write_sequence(tmp_path, "00", [scan], labels=None)
     (folder / "calib.txt").write_text(f"P0: {numbers(P0)}\n")
-    converter = SemanticKittiConverter({"root": str(tmp_path), "train_sequences": ["00"], "val_sequences": []})
+    converter = SemanticKittiConverter(_settings(tmp_path, ["00"], []))
     with pytest.raises(ValueError, match=r"00/calib.txt: calibration lacks Tr \(has P0\)"):
         converter.load(converter.sources()[0])
 

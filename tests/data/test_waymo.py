@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from occbench.data.converters.waymo import track_id
 from occbench.data.dataset import FrameIndex
 from occbench.data.taxonomy import CLASS_ID, IGNORE_INDEX
 
@@ -60,7 +61,7 @@ def run_waymo(args: list[str], cwd: Path) -> str:
 
 
 # The settings of params.yaml's waymo dataset: the top LiDAR, first return.
-TOP_FIRST = {"kind": "waymo", "lasers": ["TOP"], "return_index": 1}
+TOP_FIRST = {"kind": "waymo", "lasers": ["TOP"], "return_index": 1, "occupancy": None}
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +223,9 @@ def test_boxes_pose_and_meta(waymo):
         np.testing.assert_allclose(frame.boxes, [label["box"] for label in kept], rtol=1e-6, atol=1e-5)
         assert frame.box_labels.tolist() == [BOX_CLASS[label["type"]] for label in kept]
         np.testing.assert_allclose(frame.extras["box_velocity"], [label["speed"] for label in kept], rtol=1e-6)
+        # Each object keeps its track id in both records, and distinct objects get distinct ids.
+        assert frame.extras["box_track_id"].tolist() == [track_id(label["id"]) for label in kept]
+        assert len(set(frame.extras["box_track_id"].tolist())) == len({label["id"] for label in kept})
         np.testing.assert_allclose(frame.pose, frame_expected["pose"], rtol=0, atol=1e-9)
         np.testing.assert_allclose(frame.sensor_origin, top_extrinsic[:3, 3], atol=1e-6)
         assert frame.meta["dataset"] == "waymo" and frame.meta["sensor"] == "waymo64"

@@ -318,7 +318,7 @@ def converted_sample(tmp_path_factory):
 
     fixture = build_nuscenes(tmp_path_factory.mktemp("nuscenes") / "nuscenes", SWEEP, annotated_sample_objects())
     converter = NuScenesConverter({"kind": "nuscenes", "root": str(fixture.root), "version": "v1.0-mini",
-                                   "sweeps": 0, "cameras": [], "lidarseg": False})
+                                   "sweeps": 0, "cameras": [], "lidarseg": False, "occupancy": None})
     frames = [converter.load(source) for source in converter.sources() if source.scene == "scene-0061"]
     rng = np.random.default_rng(0)
     predictions = [predictions_from(rng, frame_ground_truth(frame, DetectionSettings()), 15) for frame in frames]
