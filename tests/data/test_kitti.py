@@ -17,8 +17,8 @@ from occbench.data.converters.kitti import (
     points_in_boxes,
 )
 from occbench.data.dataset import FrameIndex
-from occbench.data.frame import cameras
-from occbench.data.taxonomy import CLASS_ID, IGNORE_INDEX
+from occbench.data.frame import cameras, occupancy_grid
+from occbench.data.taxonomy import CLASS_ID, EMPTY_INDEX, IGNORE_INDEX
 
 REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
 
@@ -383,3 +383,27 @@ def test_kitti_camera_projects_like_p2(tmp_path):
     homogeneous = np.column_stack([frame.points, np.ones(frame.num_points)]) @ (P2 @ VELO_TO_RECT).T
     np.testing.assert_allclose(pixels, homogeneous[:, :2] / homogeneous[:, 2:], atol=1e-6)
     assert visible.mean() > 0.99  # the sample was cropped to this camera's view
+
+
+def test_semantickitti_occupancy_is_aggregated_through_the_sequences_poses(tmp_path, monkeypatch):
+    """Two scans of the same real points from two poses: each scan's grid gets the other's points
+    exactly where its own are, so aggregating adds no occupied voxel (a wrong pose would smear them)."""
+    scan = np.fromfile(real_file("semantickitti_00_000000.bin"), dtype="<f4").reshape(-1, 4)
+    label = np.fromfile(real_file("semantickitti_00_000000.label"), dtype="<u4")
+    write_sequence(tmp_path / "kitti", "00", [scan, moved_copy(scan, 1)], [label, label])
+    occupancy = {"range": [-50.0, -50.0, -5.0, 50.0, 50.0, 3.0], "voxel_size": [0.5, 0.5, 0.5],
+                 "frames_per_block": 20}
+    settings = {"kind": "semantickitti", **_settings(tmp_path / "kitti", ["00"], []), "occupancy": occupancy}
+    monkeypatch.chdir(tmp_path)
+    assert run_conversion("skitti", SemanticKittiConverter(settings), settings, workers=1) == []
+    index = FrameIndex("results/data/skitti/index.json")
+    for frame_id in ("00_000000", "00_000001"):
+        frame = index.load(frame_id)
+        grid = occupancy_grid(frame)
+        labelled = frame.semantic != IGNORE_INDEX
+        coords, inside = grid.voxel_of(frame.points[labelled])
+        own = {tuple(c) for c in coords[inside]}
+        occupied = {tuple(c) for c in np.argwhere(grid.labels < EMPTY_INDEX)}
+        assert occupied == own
+        assert (grid.labels[tuple(coords[inside].T)] == frame.semantic[labelled][inside]).all()
+        assert (grid.labels == EMPTY_INDEX).any()
