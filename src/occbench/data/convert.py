@@ -13,7 +13,10 @@ This module is the one driver all of them share:
   frames written under the old settings are removed instead of reused;
 - a frame that fails is reported with the input it came from; the others still
   convert, the index lists only the frames that exist, and the caller ends
-  with the list of failures and a non-zero exit.
+  with the list of failures and a non-zero exit;
+- a full disk (occbench.io.DiskFull) stops the conversion instead: the frames
+  written are kept, no index is written, and a rerun once there is space
+  writes the rest.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 
 from occbench.data.dataset import write_index
 from occbench.data.frame import Frame, save_frame
-from occbench.io import read_json, write_json
+from occbench.io import DiskFull, read_json, write_json
 from occbench.progress import progress
 from occbench.workflow.grid import data_dir, index_path
 
@@ -76,6 +79,8 @@ def _convert_one(source: FrameSource, frames_dir: Path) -> tuple[str | None, lis
             frame = _ACTIVE.load(source)
             save_frame(frame, path)
             box_labels = frame.box_labels
+    except DiskFull:  # the disk, not the frame: every other frame would fail the same way
+        raise
     except Exception as err:  # one bad frame must not stop the others
         message = str(err).removeprefix(f"{source.location}: ")  # name the input once
         return f"{source.location}: {type(err).__name__}: {message}", []
