@@ -48,6 +48,8 @@ CATALOGUE = [
     ("params-no-scratch", "params: a grid without scratch"),
     ("dataset-root-missing", "dataset root: does not exist"),
     ("dataset-root-empty", "dataset root: lacks the expected layout"),
+    ("dataset-root-empty-nuscenes", "dataset root: a nuScenes root without the tables of its version"),
+    ("dataset-root-empty-semantickitti", "dataset root: a SemanticKITTI root without a listed sequence"),
     ("kitti-scan-truncated", "KITTI scan (.bin): truncated"),
     ("kitti-scan-empty", "KITTI scan (.bin): 0 bytes"),
     ("kitti-scan-nan", "KITTI scan (.bin): NaN or infinite coordinates"),
@@ -57,6 +59,8 @@ CATALOGUE = [
     ("semantickitti-label-unknown-ids", "SemanticKITTI labels (.label): raw class ids not in SemanticKITTI's table"),
     ("nuscenes-lidarseg-length", "nuScenes lidarseg labels (.bin): of the wrong length"),
     ("nuscenes-lidarseg-unknown-ids", "nuScenes lidarseg labels (.bin): category indices not in category.json"),
+    ("waymo-segment-truncated", "Waymo segment (.tfrecord): truncated"),
+    ("waymo-segment-corrupt", "Waymo segment (.tfrecord): a record failing its CRC check"),
     ("frame-truncated", "frame file: truncated"),
     ("frame-empty-file", "frame file: 0 bytes"),
     ("frame-nan", "frame file: NaN or infinite coordinates"),
@@ -265,21 +269,37 @@ def params_case(kind: str, tmp_path: Path, capsys) -> None:
     assert snapshot(tmp_path) == before
 
 
+# (the dataset of params.yaml, the first file or folder of its layout that an empty root lacks, and why)
+EMPTY_ROOTS = {
+    "dataset-root-empty": ("kitti", "ImageSets/train.txt: the train split file is missing"),
+    "dataset-root-empty-nuscenes": ("nuscenes", "v1.0-mini: no nuScenes tables of version v1.0-mini here"),
+    "dataset-root-empty-semantickitti": ("semantickitti",
+                                         "sequences/00/velodyne: no such folder (sequence 00 of the train split)"),
+}
+
+
 def dataset_case(kind: str, tmp_path: Path, capsys) -> None:
-    kitti = tmp_path / ("absent" if kind == "dataset-root-missing" else "empty")
-    earlier = tmp_path / "results/data/kitti/frames"
-    if kind == "dataset-root-empty":
-        kitti.mkdir()
+    """A root that is not there, or holds none of the dataset's layout: refused naming it before anything is
+    written; frames an earlier conversion (of other settings) left are kept."""
+    dataset, lacks = EMPTY_ROOTS.get(kind, ("kitti", None))
+    if dataset == "nuscenes":
+        import importlib.util
+        needs("nuscenes-devkit (pip install --no-deps nuscenes-devkit==1.2.0)",
+              importlib.util.find_spec("nuscenes") is not None)
+    root = tmp_path / ("absent" if kind == "dataset-root-missing" else "empty")
+    earlier = tmp_path / f"results/data/{dataset}/frames"
+    if lacks:
+        root.mkdir()
         earlier.mkdir(parents=True)  # frames of other settings: a conversion that starts removes them
         (earlier / "settings.json").write_text('{"root": "elsewhere"}')
         (earlier / "000000.npz").write_bytes(b"an earlier frame")
-    overlay = tmp_path / "kitti.yaml"
-    overlay.write_text(yaml.safe_dump({"datasets": {"kitti": {"root": str(kitti)}}}))
+    overlay = tmp_path / f"{dataset}.yaml"
+    overlay.write_text(yaml.safe_dump({"datasets": {dataset: {"root": str(root)}}}))
     before = snapshot(tmp_path)
-    named = (f"datasets.kitti.root: {kitti}: no such directory (expected the kitti dataset there"
-             if kind == "dataset-root-missing" else f"{kitti}/ImageSets/train.txt: the train split file is missing")
-    refused([*SMOKE_ARGS, "--params", str(overlay), "convert", "--dataset", "kitti"], capsys, named)
-    assert snapshot(tmp_path) == before and earlier.exists() == (kind == "dataset-root-empty")
+    named = f"{root}/{lacks}" if lacks else (f"datasets.kitti.root: {root}: no such directory (expected the kitti "
+                                             "dataset there")
+    refused([*SMOKE_ARGS, "--params", str(overlay), "convert", "--dataset", dataset], capsys, named)
+    assert snapshot(tmp_path) == before and earlier.exists() == bool(lacks)
 
 
 IDENTITY_CALIB = "R0_rect: 1 0 0 0 1 0 0 0 1\nTr_velo_to_cam: 1 0 0 0 0 1 0 0 0 0 1 0\n"
@@ -635,6 +655,54 @@ def second_workflow_case(tmp_path: Path) -> None:
     assert not [name for name in set(after) - set(before) if not name.startswith(".snakemake/")]
 
 
+# The Waymo conversion runs in its own environment (make waymo-env); CI builds it, so there a missing one fails.
+WAYMO_PYTHON = Path(os.environ.get("OCCBENCH_WAYMO_PYTHON", ROOT / ".venv-waymo" / "bin" / "python"))
+
+
+def in_waymo_env(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(WAYMO_PYTHON), *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+@pytest.fixture(scope="module")
+def waymo_records(tmp_path_factory) -> dict[str, Path]:
+    """tests/waymo_fixture.py's records, built from the real Waymo frame: a truncated and a corrupt segment,
+    each of two records whose first is good."""
+    source = real_file("waymo_val_fixture.tfrecord")
+    needs(f"the Waymo environment {WAYMO_PYTHON} (make waymo-env, or OCCBENCH_WAYMO_PYTHON)", WAYMO_PYTHON.exists())
+    base = tmp_path_factory.mktemp("waymo")
+    built = in_waymo_env([str(ROOT / "tests" / "waymo_fixture.py"), str(source), str(base)], base)
+    assert built.returncode == 0, built.stderr[-4000:]
+    files = json.loads((base / "expected.json").read_text())["files"]
+    return {key: base / path for key, path in files.items()}
+
+
+def waymo_case(kind: str, tmp_path: Path, records: dict[str, Path]) -> None:
+    """`occbench convert` in the Waymo environment of a root whose one segment is damaged in its record 1:
+    exit 1 naming the file, the record and the damage; record 0 converts and the index lists it alone."""
+    damaged = records[kind.rsplit("-", 1)[1]]
+    segment = tmp_path / "waymo" / damaged.parent.name / damaged.name
+    segment.parent.mkdir(parents=True)
+    shutil.copyfile(damaged, segment)
+    overlay = tmp_path / "waymo.yaml"
+    overlay.write_text(yaml.safe_dump({"datasets": {"waymo": {"root": str(tmp_path / "waymo")}}}))
+    before = snapshot(tmp_path)
+    done = in_waymo_env(["-m", "occbench", *SMOKE_ARGS, "--params", str(overlay), "convert", "--dataset", "waymo"],
+                        tmp_path)
+    why = (("): its data fails the CRC check: the file is corrupt",) if kind == "waymo-segment-corrupt" else
+           (") needs ", " bytes of data but the file ends at byte ", ": it is truncated"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-4000:]
+    assert f"occbench convert: 1 frame(s) failed:\n  {segment}#record1: ValueError: {segment}: record 1 (byte " \
+        in done.stderr and all(part in done.stderr for part in why), done.stderr[-4000:]
+    after = snapshot(tmp_path)
+    assert {name: after[name] for name in before} == before  # the dataset untouched
+    assert sorted(set(after) - set(before)) == [f"results/data/waymo/frames/{segment.stem}_0000.npz",
+                                                "results/data/waymo/frames/settings.json",
+                                                "results/data/waymo/index.json"]
+    index = json.loads((tmp_path / "results/data/waymo/index.json").read_text())
+    assert [frame["id"] for frame in index["frames"]] == [f"{segment.stem}_0000"]
+
+
 def lock_unsupported_case(tmp_path: Path, monkeypatch, capsys) -> None:
     """A results folder on a file system whose lockf answers ENOLCK (NFS without its lock manager; FUSE and
     SMB mounts answer ENOLCK, EOPNOTSUPP or ENOSYS): the verb refuses to start, naming the folder and what to
@@ -791,7 +859,8 @@ def disk_full_run_case(kind: str, tmp_path: Path, disk: Path, monkeypatch, capsy
         assert isinstance(json.loads(target.read_text()), dict)
 
 
-SLOW = {"interrupted-second-workflow"}  # a Snakemake run: its start alone takes seconds
+# a Snakemake run: its start alone takes seconds; TensorFlow's import and the Waymo fixture take more
+SLOW = {"interrupted-second-workflow", "waymo-segment-truncated", "waymo-segment-corrupt"}
 
 
 @pytest.mark.parametrize(("kind", "text"), [pytest.param(*row, id=row[0], marks=[pytest.mark.slow] * (row[0] in SLOW))
@@ -802,6 +871,8 @@ def test_fault_is_refused_naming_file_and_problem(kind, text, request, tmp_path,
         lock_unsupported_case(tmp_path, monkeypatch, capsys)
     elif kind == "disk-full-frame":
         disk_full_frame_case(tmp_path, request.getfixturevalue("small_disk"), monkeypatch, capsys)
+    elif family == "waymo":
+        waymo_case(kind, tmp_path, request.getfixturevalue("waymo_records"))
     elif family == "disk":
         disk_full_run_case(kind, tmp_path, request.getfixturevalue("small_disk"), monkeypatch, capsys)
     elif kind == "interrupted-convert-killed":
