@@ -84,6 +84,7 @@ CATALOGUE = [
     ("interrupted-second-writer", "interrupted: a second `occbench finetune` of a run being trained"),
     ("interrupted-second-workflow", "interrupted: a second Snakemake workflow in the same folder"),
     ("lock-unsupported", "folder lock: a file system without POSIX locks"),
+    ("disk-full-at-start", "disk full: already when a verb starts (its folder's lock file)"),
     ("disk-full-frame", "disk full: while writing a frame (`occbench convert`)"),
     ("disk-full-checkpoint", "disk full: while writing a checkpoint (`occbench pretrain`)"),
     ("disk-full-metrics", "disk full: while writing a metrics file (`occbench finetune`)"),
@@ -770,6 +771,22 @@ def temporaries(root: Path) -> list[str]:
     return sorted(str(p) for p in root.rglob(".*.tmp"))
 
 
+def disk_full_at_start_case(tmp_path: Path, disk: Path, monkeypatch, capsys) -> None:
+    """A results folder already full: the verb's first write, its lock file's holder line, is refused naming
+    the lock file; it leaves no lock file and no folder, and once space is freed the rerun converts."""
+    monkeypatch.chdir(tmp_path)
+    filler = fill_disk(disk)
+    argv = [*SMOKE_ARGS, "--params", str(tmp_path / "tiny.yaml"), "convert", "--dataset", "synthetic"]
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_WORLD))
+    before = snapshot(tmp_path)
+    data = Path("results/data/synthetic")
+    refused(argv, capsys, f"occbench convert: error: {data / LOCK_FILE}: cannot write it: no space left on device "
+                          f"(ENOSPC) on the file system of {data}; no partial file is left: free space there and rerun")
+    assert snapshot(tmp_path) == before and sorted(p.name for p in disk.iterdir()) == ["filler"]
+    filler.unlink()  # space freed
+    assert main(argv) == 0 and sorted(p.name for p in data.iterdir()) == ["frames", "index.json"]
+
+
 def disk_full_frame_case(tmp_path: Path, disk: Path, monkeypatch, capsys) -> None:
     """Conversion into a results folder with room for a few frames: the first frame that finds the disk full
     stops it, naming that frame's file; the frames written are whole and kept, no index is written, and once
@@ -869,6 +886,8 @@ def test_fault_is_refused_naming_file_and_problem(kind, text, request, tmp_path,
     family = kind.split("-")[0]
     if kind == "lock-unsupported":
         lock_unsupported_case(tmp_path, monkeypatch, capsys)
+    elif kind == "disk-full-at-start":
+        disk_full_at_start_case(tmp_path, request.getfixturevalue("small_disk"), monkeypatch, capsys)
     elif kind == "disk-full-frame":
         disk_full_frame_case(tmp_path, request.getfixturevalue("small_disk"), monkeypatch, capsys)
     elif family == "waymo":
