@@ -18,7 +18,10 @@ This module is the one driver all of them share:
   occupancy built from its frames once they are written (blocks of
   consecutive frames, ``occbench.data.occupancy_aggregation``); a block that
   fails is reported and its frames left out of the index, and a block whose
-  frames all hold the grid is not built again.
+  frames all hold the grid is not built again;
+- a full disk (occbench.io.DiskFull) stops the conversion instead: the frames
+  written are kept, no index is written, and a rerun once there is space
+  writes the rest.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import numpy as np
 from occbench.data.dataset import write_index
 from occbench.data.frame import Frame, OccupancySpec, save_frame
 from occbench.data.occupancy_aggregation import AggregationSettings, aggregate_scene, has_occupancy
-from occbench.io import read_json, write_json
+from occbench.io import DiskFull, read_json, write_json
 from occbench.progress import progress
 from occbench.workflow.grid import data_dir, index_path
 
@@ -86,6 +89,8 @@ def _convert_one(source: FrameSource, frames_dir: Path) -> tuple[str | None, lis
             frame = _ACTIVE.load(source)
             save_frame(frame, path)
             box_labels = frame.box_labels
+    except DiskFull:  # the disk, not the frame: every other frame would fail the same way
+        raise
     except Exception as err:  # one bad frame must not stop the others
         message = str(err).removeprefix(f"{source.location}: ")  # name the input once
         return f"{source.location}: {type(err).__name__}: {message}", []
@@ -143,6 +148,8 @@ def _aggregate_one(paths: list[Path], grid: OccupancySpec) -> str | None:
     """Build one block's occupancy; return the error text, None when it went well."""
     try:
         aggregate_scene(paths, grid)
+    except DiskFull:  # the disk, not the block: stops the conversion as a frame's would
+        raise
     except Exception as err:  # one bad block must not stop the others
         return f"{type(err).__name__}: {err}"
     return None
