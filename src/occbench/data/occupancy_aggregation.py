@@ -1,8 +1,10 @@
-"""Semantic occupancy of real data, built from the labelled points of a whole sequence.
+"""Semantic occupancy of real data, built from the labelled points of a sequence.
 
 Real datasets have labelled points, not labelled space. SPOT's targets and the
 occupancy task need a label for every voxel, so each frame's grid is built, in
-the way of Occ3D and OpenOccupancy, from all frames of its sequence:
+the way of Occ3D and OpenOccupancy, from all frames of its sequence (the
+conversion cuts long sequences into blocks of ``frames_per_block`` frames, each
+aggregated on its own):
 
 Occupied. A voxel holding at least one labelled point takes the class most of
 its points have (ties: the lower class id). The points come from every frame:
