@@ -1,0 +1,25 @@
+"""The experiment overlays under experiments/: each validates, and reuses the default grid's runs it says it does."""
+
+from __future__ import annotations
+
+from occbench.config import load_params
+from occbench.workflow.grid import Grid, finetune_digest, pretrain_digest
+from smoke import ROOT
+
+
+def test_method_gains_adds_every_method_and_reuses_the_default_scratch_and_also_runs():
+    default = load_params(ROOT / "params.yaml")
+    gains = load_params(ROOT / "params.yaml", ROOT / "experiments" / "method_gains.yaml")
+    default_grid, gains_grid = Grid(default), Grid(gains)
+    assert {run.method for run in gains_grid.pretrain_runs} == {"also", "occupancy_mae", "picture", "spot", "occfeat"}
+    shared = [run for run in default_grid.finetune_runs if run.label_fraction == 0.05]
+    assert len(shared) == 18  # scratch and ALSO at 25 % and 100 %, 6 pairs each
+    by_metrics = {run.metrics: run for run in gains_grid.finetune_runs}
+    reused = [run for run in shared if run.metrics in by_metrics]
+    assert {run.source for run in reused} == {"scratch", "also-synthetic-pt_1"}
+    # The same inputs, hence the same digests: Snakemake re-runs none of them.
+    for run in reused:
+        assert finetune_digest(gains, by_metrics[run.metrics]) == finetune_digest(default, run)
+    also = next(run for run in default_grid.pretrain_runs if run.method == "also" and run.fraction == 1.0)
+    assert pretrain_digest(gains, also) == pretrain_digest(default, also)
+    assert len(gains_grid.finetune_runs) == 36  # 6 sources x 6 pairs
