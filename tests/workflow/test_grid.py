@@ -349,3 +349,15 @@ def test_a_task_override_is_checked_like_the_grid():
                                                     "allowed ('methods' was unexpected)")):
         validate_params(params)
 
+
+def test_the_smoke_grid_fine_tunes_every_source_on_every_task():
+    """The smoke grid runs each of its sources on all three tasks: segmentation on the full grid, occupancy
+    and detection once each (grid.task_overrides), so every table of the report has a row per source."""
+    from collections import Counter
+
+    grid = Grid(smoke_params())
+    sources = {run.source for run in grid.finetune_runs}
+    assert len(sources) == len(smoke_params()["grid"]["methods"])
+    per_task = Counter((run.task, run.source) for run in grid.finetune_runs)
+    assert per_task == {**{("segmentation", s): 2 * (2 + 1) for s in sources},
+                        **{(task, s): 1 for task in ("occupancy", "detection") for s in sources}}
