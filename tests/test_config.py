@@ -47,10 +47,10 @@ def test_shipped_params_are_valid():
          "finetune.occupancy.epochs: no entry covers the largest label fraction 1.0"),
         (lambda p: p["finetune"]["occupancy"].update(protocol="occ4d"),
          "finetune.occupancy.protocol: 'occ4d' is not one of"),
-        (lambda p: p["finetune"]["detection"]["class_ranges"].update(bus=50.0),
-         "finetune.detection.class_ranges: 'bus' is not one of"),
-        (lambda p: p["finetune"]["detection"].update(class_groups=[["car", "barrier"]]),
-         "finetune.detection.class_groups[0][1]: 'barrier' is not one of"),
+        (lambda p: p["finetune"]["detection"]["class_ranges"].update(tram=50.0),
+         "finetune.detection.class_ranges: 'tram' is not one of"),
+        (lambda p: p["finetune"]["detection"].update(class_groups=[["car", "animal"]]),
+         "finetune.detection.class_groups[0][1]: 'animal' is not one of"),
     ],
 )
 def test_bad_grid_is_rejected_naming_the_key(params, edit, named):
@@ -93,11 +93,12 @@ def test_schema_enums_name_exactly_the_registries():
     """Each name lives once, in its registry; the schema's enums must list exactly those names."""
     from occbench.config import load_schema
     from occbench.data.converters import CONVERTERS
-    from occbench.data.taxonomy import CLASSES, THING_CLASSES
+    from occbench.data.taxonomy import CLASSES
     from occbench.metrics.occupancy import PROTOCOLS
     from occbench.pretrain import METHODS
     from occbench.pretrain.occfeat import DISTILLATIONS
     from occbench.tasks import TASKS
+    from occbench.tasks.detection import DETECTION_CLASSES
     from occbench.training.optim import OPTIMIZERS, SCHEDULES
     from occbench.workflow.grid import FINETUNE_MODES, PROBE_OVERRIDES, SCRATCH
 
@@ -118,6 +119,6 @@ def test_schema_enums_name_exactly_the_registries():
     occfeat = properties["pretrain"]["properties"]["methods"]["properties"]["occfeat"]["properties"]
     assert tuple(occfeat["distillation"]["enum"]) == DISTILLATIONS
     assert defs["foreground_classes"]["items"]["enum"] == list(CLASSES)
-    assert defs["thing_class"]["enum"] == list(THING_CLASSES)
+    assert defs["detection_class"]["enum"] == list(DETECTION_CLASSES)
     assert set(properties["finetune"]["properties"]["occupancy"]["properties"]["protocol"]["enum"]) == set(PROTOCOLS)
     assert set(properties["finetune"]["required"]) - {"min_loaded_fraction"} == set(TASKS)

@@ -259,7 +259,7 @@ def build(source: Path, out: Path) -> dict:
             "timestamp_micros": frame.timestamp_micros,
             "pose": pose.tolist(),
             "segmentation": index == 1,
-            "labels": [{"type": label_pb2.Label.Type.Name(lab.type), "box": box.tolist(),
+            "labels": [{"type": label_pb2.Label.Type.Name(lab.type), "box": box.tolist(), "id": lab.id,
                         "speed": [lab.metadata.speed_x, lab.metadata.speed_y]}
                        for lab, box in zip(frame.laser_labels, label_boxes(frame))],
             "points": counts,

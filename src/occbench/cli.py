@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from occbench.config import load_params
-from occbench.io import folder_lock
+from occbench.io import NO_SPACE, DiskFull, disk_full, folder_lock
 from occbench.preemption import Preempted
 from occbench.workflow.grid import FINETUNE_MODES, FULL, PARAMS_ENV, REPORTS, Grid, params_files_from_env
 
@@ -200,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("OCCBENCH_DEBUG"):
             raise
         print(f"occbench {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk: DiskFull names the file being written; else the OSError's file
+        if err.errno not in NO_SPACE or os.environ.get("OCCBENCH_DEBUG"):
+            raise
+        full = err if isinstance(err, DiskFull) or err.filename is None else disk_full(err.filename, err)
+        print(f"occbench {args.verb}: error: {full}", file=sys.stderr)
         return 2
     print(f"occbench {args.verb}: done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return 0

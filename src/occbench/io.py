@@ -28,20 +28,48 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # the file system is full, or the user's quota on it
+
+
+class DiskFull(OSError):
+    """A write that found its file system full (ENOSPC) or its quota spent (EDQUOT), naming what it was
+    writing. Pickles as an OSError (errno, message), so a worker process's one reaches the parent whole."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def disk_full(path: str | os.PathLike, err: OSError) -> DiskFull:
+    """The DiskFull of a write of ``path`` that failed with ``err`` (one of NO_SPACE)."""
+    why = "no space left on device" if err.errno == errno.ENOSPC else "disk quota exceeded"
+    return DiskFull(err.errno, f"{path}: cannot write it: {why} ({errno.errorcode[err.errno]}) on the file "
+                               f"system of {Path(path).parent}; no partial file is left: free space there and "
+                               "rerun")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    On failure the temporary file is removed; a full file system (ENOSPC, EDQUOT) is raised as DiskFull
+    naming ``path``, which the CLI reports as such."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs follow the umask
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs follow the umask
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.errno in NO_SPACE and not isinstance(err, DiskFull):
+            raise disk_full(path, err) from err
+        raise
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -80,6 +108,15 @@ class FolderLocked(ValueError):
     """Another live occbench process is writing the folder."""
 
 
+class LockUnsupported(ValueError):
+    """The folder's file system refuses POSIX record locks (an NFS mount without its lock manager, some
+    FUSE or SMB mounts): without the lock, two verbs could write the folder at once, so none starts."""
+
+
+# lockf's answers of a file system without (working) POSIX locks: NFS without lockd, FUSE, some SMB mounts
+LOCKS_UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, verb: str) -> Iterator[None]:
     """Hold ``folder``'s lock while ``verb`` writes there; refuse when another process holds it.
@@ -94,6 +131,7 @@ def folder_lock(folder: str | os.PathLike, verb: str) -> Iterator[None]:
     made = [path for path in (folder, *folder.parents) if not path.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
+    existed = path.exists()
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
         try:
@@ -101,6 +139,15 @@ def folder_lock(folder: str | os.PathLike, verb: str) -> Iterator[None]:
         except OSError as err:
             holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
             os.close(fd)
+            if err.errno in LOCKS_UNSUPPORTED:  # leave the disk as it was: no lock file, no folder made
+                if not existed:
+                    path.unlink(missing_ok=True)
+                _remove_empty(made)
+                raise LockUnsupported(
+                    f"{folder}: cannot lock {path}: its file system does not support POSIX locks (lockf: "
+                    f"{errno.errorcode[err.errno]}, {os.strerror(err.errno)}), so {verb} cannot keep a second "
+                    "writer out and does not start: put results/ on a local file system, or on an NFS mount "
+                    "whose lock manager runs (rpc.statd, lockd; not mounted with nolock)") from err
             if err.errno not in (errno.EACCES, errno.EAGAIN):
                 raise
             raise FolderLocked(f"{folder}: {holder} is writing this folder (lock {path}); a second {verb} of it "
@@ -111,16 +158,24 @@ def folder_lock(folder: str | os.PathLike, verb: str) -> Iterator[None]:
     left = os.read(fd, 4096).decode(errors="replace").strip()
     if left:
         print(f"occbench: taking over {path} from {left}, which no longer runs", file=sys.stderr)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{verb} (pid {os.getpid()} on {socket.gethostname()} since "
-                  f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})\n".encode(), 0)
     try:
+        os.ftruncate(fd, 0)
+        try:
+            os.pwrite(fd, f"{verb} (pid {os.getpid()} on {socket.gethostname()} since "
+                          f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})\n".encode(), 0)
+        except OSError as err:
+            raise disk_full(path, err) if err.errno in NO_SPACE else err
         yield
     finally:
         path.unlink(missing_ok=True)
         os.close(fd)
-        for made_folder in made:  # the innermost first; stop at the first one something was written in
-            try:
-                made_folder.rmdir()
-            except OSError:
-                break
+        _remove_empty(made)
+
+
+def _remove_empty(made: list[Path]) -> None:
+    """Remove the folders ``made`` (the innermost first); stop at the first one something was written in."""
+    for made_folder in made:
+        try:
+            made_folder.rmdir()
+        except OSError:
+            break

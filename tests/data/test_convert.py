@@ -12,6 +12,8 @@ from smoke import smoke_params
 class TinyConverter:
     """Three scenes of two frames; frame 0001_1 fails when ``broken`` says so."""
 
+    occupancy_aggregation = None
+
     def __init__(self, settings):
         self.settings = settings
 

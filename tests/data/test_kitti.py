@@ -17,8 +17,8 @@ from occbench.data.converters.kitti import (
     points_in_boxes,
 )
 from occbench.data.dataset import FrameIndex
-from occbench.data.frame import cameras
-from occbench.data.taxonomy import CLASS_ID, IGNORE_INDEX
+from occbench.data.frame import cameras, occupancy_grid
+from occbench.data.taxonomy import CLASS_ID, EMPTY_INDEX, IGNORE_INDEX
 
 REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
 
@@ -173,6 +173,11 @@ def write_sequence(root: Path, name: str, scans: list[np.ndarray], labels: list 
     return folder
 
 
+def _settings(root: Path, train: list[str], val: list[str]) -> dict:
+    """A semantickitti dataset's settings, without occupancy aggregation."""
+    return {"root": str(root), "train_sequences": train, "val_sequences": val, "occupancy": None}
+
+
 def moved_copy(scan: np.ndarray, index: int) -> np.ndarray:
     """The same world points as seen from scan ``index``'s pose."""
     to_lidar = np.linalg.inv(lidar_motion(index))
@@ -188,8 +193,7 @@ def test_semantickitti_real_scan_maps_classes_and_poses(tmp_path, monkeypatch):
     folder = write_sequence(tmp_path / "kitti", "00", [scan, moved_copy(scan, 1), scan, scan, scan],
                             [label, label, label, label[:-1], unknown])
     (folder / "velodyne" / "000002.bin").write_bytes(truncated)
-    settings = {"kind": "semantickitti", "root": str(tmp_path / "kitti"), "train_sequences": ["00"],
-                "val_sequences": []}
+    settings = {"kind": "semantickitti", **_settings(tmp_path / "kitti", ["00"], [])}
     monkeypatch.chdir(tmp_path)
 
     failures = run_conversion("skitti", SemanticKittiConverter(settings), settings, workers=1)
@@ -236,7 +240,7 @@ def test_semantickitti_things_get_instances_and_boxes(tmp_path):
     points = np.vstack([scan, np.column_stack([extra, np.full(len(extra), 0.5)])])
     labels = np.concatenate([label, np.full(40, (9 << 16) | 10), np.full(3, (2 << 16) | 252), np.full(6, 10)])
     write_sequence(tmp_path, "08", [points], [labels])
-    converter = SemanticKittiConverter({"root": str(tmp_path), "train_sequences": [], "val_sequences": ["08"]})
+    converter = SemanticKittiConverter(_settings(tmp_path, [], ["08"]))
     [source] = converter.sources()
     assert (source.frame_id, source.scene, source.split) == ("08_000000", "08", "val")
 
@@ -257,13 +261,13 @@ def test_semantickitti_sequence_without_labels_is_ignore_and_timed(tmp_path):
     scan = np.fromfile(real_file("semantickitti_00_000000.bin"), dtype="<f4").reshape(-1, 4)
     write_sequence(tmp_path, "11", [scan, scan], labels=None, times=[0.0, 0.103])
     write_sequence(tmp_path, "12", [scan], labels=None)
-    converter = SemanticKittiConverter({"root": str(tmp_path), "train_sequences": ["11"], "val_sequences": []})
+    converter = SemanticKittiConverter(_settings(tmp_path, ["11"], []))
     assert [s.frame_id for s in converter.sources()] == ["11_000000", "11_000001"]  # 12 is not listed
     frame = converter.load(converter.sources()[1])
     assert (frame.semantic == IGNORE_INDEX).all() and (frame.instance == 0).all()
     assert frame.meta["timestamp"] == pytest.approx(0.103)
 
-    missing = SemanticKittiConverter({"root": str(tmp_path), "train_sequences": ["11", "13"], "val_sequences": []})
+    missing = SemanticKittiConverter(_settings(tmp_path, ["11", "13"], []))
     with pytest.raises(FileNotFoundError, match=r"sequences/13/velodyne: no such folder"):
         missing.sources()
 
@@ -272,7 +276,7 @@ def test_semantickitti_calib_without_tr_is_named(tmp_path):
     scan = np.fromfile(real_file("semantickitti_00_000000.bin"), dtype="<f4").reshape(-1, 4)
     folder = write_sequence(tmp_path, "00", [scan], labels=None)
     (folder / "calib.txt").write_text(f"P0: {numbers(P0)}\n")
-    converter = SemanticKittiConverter({"root": str(tmp_path), "train_sequences": ["00"], "val_sequences": []})
+    converter = SemanticKittiConverter(_settings(tmp_path, ["00"], []))
     with pytest.raises(ValueError, match=r"00/calib.txt: calibration lacks Tr \(has P0\)"):
         converter.load(converter.sources()[0])
 
@@ -379,3 +383,27 @@ def test_kitti_camera_projects_like_p2(tmp_path):
     homogeneous = np.column_stack([frame.points, np.ones(frame.num_points)]) @ (P2 @ VELO_TO_RECT).T
     np.testing.assert_allclose(pixels, homogeneous[:, :2] / homogeneous[:, 2:], atol=1e-6)
     assert visible.mean() > 0.99  # the sample was cropped to this camera's view
+
+
+def test_semantickitti_occupancy_is_aggregated_through_the_sequences_poses(tmp_path, monkeypatch):
+    """Two scans of the same real points from two poses: each scan's grid gets the other's points
+    exactly where its own are, so aggregating adds no occupied voxel (a wrong pose would smear them)."""
+    scan = np.fromfile(real_file("semantickitti_00_000000.bin"), dtype="<f4").reshape(-1, 4)
+    label = np.fromfile(real_file("semantickitti_00_000000.label"), dtype="<u4")
+    write_sequence(tmp_path / "kitti", "00", [scan, moved_copy(scan, 1)], [label, label])
+    occupancy = {"range": [-50.0, -50.0, -5.0, 50.0, 50.0, 3.0], "voxel_size": [0.5, 0.5, 0.5],
+                 "frames_per_block": 20}
+    settings = {"kind": "semantickitti", **_settings(tmp_path / "kitti", ["00"], []), "occupancy": occupancy}
+    monkeypatch.chdir(tmp_path)
+    assert run_conversion("skitti", SemanticKittiConverter(settings), settings, workers=1) == []
+    index = FrameIndex("results/data/skitti/index.json")
+    for frame_id in ("00_000000", "00_000001"):
+        frame = index.load(frame_id)
+        grid = occupancy_grid(frame)
+        labelled = frame.semantic != IGNORE_INDEX
+        coords, inside = grid.voxel_of(frame.points[labelled])
+        own = {tuple(c) for c in coords[inside]}
+        occupied = {tuple(c) for c in np.argwhere(grid.labels < EMPTY_INDEX)}
+        assert occupied == own
+        assert (grid.labels[tuple(coords[inside].T)] == frame.semantic[labelled][inside]).all()
+        assert (grid.labels == EMPTY_INDEX).any()

@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from occbench.data.converters.waymo import track_id
 from occbench.data.dataset import FrameIndex
-from occbench.data.taxonomy import CLASS_ID, IGNORE_INDEX
+from occbench.data.frame import occupancy_grid
+from occbench.data.taxonomy import CLASS_ID, EMPTY_INDEX, IGNORE_INDEX
 
 ROOT = Path(__file__).resolve().parents[2]
 REAL = ROOT / ".." / "shared" / "data" / "real"
@@ -60,7 +62,9 @@ def run_waymo(args: list[str], cwd: Path) -> str:
 
 
 # The settings of params.yaml's waymo dataset: the top LiDAR, first return.
-TOP_FIRST = {"kind": "waymo", "lasers": ["TOP"], "return_index": 1}
+TOP_FIRST = {"kind": "waymo", "lasers": ["TOP"], "return_index": 1, "occupancy": None}
+# Wide enough for the fixture's vehicle, 70 m ahead; 1 m voxels keep it small.
+OCCUPANCY = {"range": [-80.0, -80.0, -4.0, 80.0, 80.0, 4.0], "voxel_size": [1.0, 1.0, 1.0], "frames_per_block": 200}
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +79,7 @@ def waymo(tmp_path_factory):
         ["good", {**TOP_FIRST, "root": str(records / "good")}, 1],
         ["all", {**TOP_FIRST, "root": str(records / "good"), "lasers": ["ALL"]}, 1],
         ["second", {**TOP_FIRST, "root": str(records / "good"), "return_index": 2}, 1],
+        ["occupancy", {**TOP_FIRST, "root": str(records / "good"), "occupancy": OCCUPANCY}, 1],
     ]
     report = json.loads(run_waymo(["-c", CONVERT, json.dumps(datasets)], base).splitlines()[-1])
     indexes = {name: FrameIndex(base / "results" / "data" / name / "index.json") for name, _, _ in datasets}
@@ -222,6 +227,9 @@ def test_boxes_pose_and_meta(waymo):
         np.testing.assert_allclose(frame.boxes, [label["box"] for label in kept], rtol=1e-6, atol=1e-5)
         assert frame.box_labels.tolist() == [BOX_CLASS[label["type"]] for label in kept]
         np.testing.assert_allclose(frame.extras["box_velocity"], [label["speed"] for label in kept], rtol=1e-6)
+        # Each object keeps its track id in both records, and distinct objects get distinct ids.
+        assert frame.extras["box_track_id"].tolist() == [track_id(label["id"]) for label in kept]
+        assert len(set(frame.extras["box_track_id"].tolist())) == len({label["id"] for label in kept})
         np.testing.assert_allclose(frame.pose, frame_expected["pose"], rtol=0, atol=1e-9)
         np.testing.assert_allclose(frame.sensor_origin, top_extrinsic[:3, 3], atol=1e-6)
         assert frame.meta["dataset"] == "waymo" and frame.meta["sensor"] == "waymo64"
@@ -254,3 +262,32 @@ def test_second_return(waymo):
         assert frame.meta["return_index"] == 2
         assert 0 < frame.num_points == sum(second["TOP"].values())
         check_on_scene(frame, expected, frame_expected, second)
+
+
+@needs_real
+@needs_env
+def test_occupancy_is_aggregated_over_the_segment_in_the_waymo_environment(waymo):
+    """Record 0 has no segmentation labels: its grid comes from record 1's labelled points, the ground
+    moved through the poses and the vehicle's points carried by its track id into record 0's box."""
+    assert waymo["report"]["occupancy"]["failures"] == []
+    unlabelled, labelled = frames(waymo, "occupancy")
+    assert (unlabelled.semantic == IGNORE_INDEX).all()
+    for frame in (unlabelled, labelled):
+        grid = occupancy_grid(frame)
+        assert grid.labels.shape == (160, 160, 8)
+        vehicle = [box for box, label in zip(frame.boxes, frame.box_labels) if label == CLASS_ID["car"]]
+        centres = grid.centres().reshape(-1, 3)
+        in_vehicle = np.zeros(len(centres), bool)
+        for box in vehicle:
+            in_vehicle |= inside(centres, box, margin=0.0)
+        flat = grid.labels.reshape(-1)
+        assert (flat[in_vehicle] == CLASS_ID["car"]).any()
+        assert (flat == CLASS_ID["road"]).sum() > 100 and (flat == EMPTY_INDEX).sum() > 1000
+    # Record 1's own labelled points sit in occupied voxels, nearly all of their class; the one of its
+    # 108,166 that does not lies on a voxel face (y = -8 m exactly), where its trip through the world
+    # frame and back moves it by a rounding error into the next voxel.
+    grid = occupancy_grid(labelled)
+    seen = labelled.semantic != IGNORE_INDEX
+    coords, kept = grid.voxel_of(labelled.points[seen])
+    held = grid.labels[tuple(coords[kept].T)]
+    assert (held < EMPTY_INDEX).mean() > 0.9999 and (held == labelled.semantic[seen][kept]).mean() > 0.97

@@ -318,7 +318,7 @@ def converted_sample(tmp_path_factory):
 
     fixture = build_nuscenes(tmp_path_factory.mktemp("nuscenes") / "nuscenes", SWEEP, annotated_sample_objects())
     converter = NuScenesConverter({"kind": "nuscenes", "root": str(fixture.root), "version": "v1.0-mini",
-                                   "sweeps": 0, "cameras": [], "lidarseg": False})
+                                   "sweeps": 0, "cameras": [], "lidarseg": False, "occupancy": None})
     frames = [converter.load(source) for source in converter.sources() if source.scene == "scene-0061"]
     rng = np.random.default_rng(0)
     predictions = [predictions_from(rng, frame_ground_truth(frame, DetectionSettings()), 15) for frame in frames]
@@ -402,3 +402,42 @@ def test_a_frame_without_annotations_is_evaluated_on_its_own_classes_and_points(
     metrics = evaluate_frames([frame], [hit], settings)
     assert metrics.mean_ap == pytest.approx(1.0, abs=1e-12)
     assert metrics.label_tp_errors["car"]["trans_err"] == pytest.approx(0.0, abs=1e-12)
+
+
+@needs_real
+@needs_devkit
+def test_the_detection_tasks_evaluator_scores_nuscenes_frames_on_the_devkits_classes(converted_sample):
+    """The fine-tuning task, its class groups naming the devkit's 10 classes, trains on the boxes' source
+    classes (not the unified ones, which merge bus and trailer into truck) and scores a batch of the
+    converted frames exactly as ``evaluate_frames``, which equals the devkit (the test above)."""
+    import torch
+
+    from occbench.config import load_params
+    from occbench.data.batch import collate
+    from occbench.models.backbone import SparseBackbone
+    from occbench.tasks.detection import DetectionTask
+    from smoke import ROOT
+
+    _, frames, predictions = converted_sample
+    params = load_params(ROOT / "params.yaml")
+    groups = [["car"], ["truck", "construction_vehicle"], ["bus", "trailer"], ["barrier"], ["motorcycle", "bicycle"],
+              ["pedestrian", "traffic_cone"]]
+    settings = {**params["finetune"]["detection"], "class_groups": groups, "class_ranges": NUSCENES_CLASS_RANGE}
+    task = DetectionTask(SparseBackbone.from_params(params, "small"), settings)
+    batch = collate([(str(number), frame) for number, frame in enumerate(frames)], frozenset({"boxes"}))
+    labels = task.labels(batch)
+    names = [task.class_names[label] for label in labels[0][labels[0] >= 0].tolist()]
+    assert names == [name for name in batch.box_annotations[0].names if name in task.class_names]
+    assert {"bus", "trailer", "construction_vehicle"} <= {str(n) for a in batch.box_annotations for n in a.names}
+    # Decoded boxes as the head would give them: float32, class indices of the task.
+    decoded = [{"boxes": torch.from_numpy(np.column_stack([p.center, p.size, p.yaw])).float(),
+                "scores": torch.from_numpy(p.scores), "labels": torch.tensor([task.class_index[n] for n in p.labels])}
+               for p in predictions]
+    task.detect = lambda head_output, backbone_output: decoded
+    evaluator = task.evaluator()
+    evaluator.update(None, None, batch, None)
+    same = [dataclasses.replace(p, center=f["boxes"][:, :3].double().numpy(), size=f["boxes"][:, 3:6].double().numpy(),
+                                yaw=f["boxes"][:, 6].double().numpy(), velocity=None, attributes=None)
+            for p, f in zip(predictions, decoded)]
+    expected = evaluate_frames(frames, same, task.evaluation).to_dict()
+    assert evaluator.result() == expected and expected["mAP"] > 0.05

@@ -91,3 +91,12 @@ def test_bootstrap_over_two_frames_spans_their_own_mious():
     assert (low, high) == (0.5, 1.0)
     same = bootstrap_miou_interval(np.stack([half, half, half]))
     assert same == (0.5, 0.5)
+
+
+def test_bootstrap_over_one_frame_is_no_interval():
+    """A validation set of one frame (a tiny dataset) has no sampling interval: NaN, not scipy's error after a
+    whole fine-tuning run."""
+    from occbench.metrics.segmentation import bootstrap_miou_interval
+
+    low, high = bootstrap_miou_interval(np.diag([5, 5])[None])
+    assert np.isnan(low) and np.isnan(high)

@@ -10,7 +10,8 @@ import torch
 
 from occbench.config import load_params
 from occbench.data.batch import Batch
-from occbench.data.taxonomy import CLASS_ID
+from occbench.data.frame import BoxAnnotations
+from occbench.data.taxonomy import CLASS_ID, CLASSES
 from occbench.models.backbone import BackboneOutput, SparseBackbone
 from occbench.models.occupancy_head import BevLayout
 from occbench.models.voxelize import VoxelGrid
@@ -38,10 +39,17 @@ def _task(**settings) -> DetectionTask:
     return DetectionTask(SparseBackbone(TINY_GRID, (4, 4, 4), 4), {**SETTINGS, **settings})
 
 
+def _annotations(labels: torch.Tensor) -> BoxAnnotations:
+    """What a synthetic frame's boxes read as: their unified class names, a point each, no attribute."""
+    names = np.array([CLASSES[label] for label in labels.tolist() if label >= 0])
+    return BoxAnnotations(names, np.full(len(names), ""), np.ones(len(names), np.int32), np.zeros(len(names), np.int32))
+
+
 def _batch(boxes=BOXES, labels=LABELS, points=None) -> Batch:
     points = torch.zeros(1, 3) if points is None else points
     return Batch(["a"], [points], [torch.zeros(len(points))], [torch.zeros(len(points), dtype=torch.long)],
-                 [torch.zeros(3)], boxes=boxes[None], box_labels=labels[None])
+                 [torch.zeros(3)], boxes=boxes[None], box_labels=labels[None], box_annotations=[_annotations(labels)],
+                 ego_origins=torch.zeros(1, 3), bicycle_racks=[torch.zeros(0, 7)])
 
 
 def _target_maps(task: DetectionTask, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,7 +208,9 @@ def test_overfitting_two_tiny_frames_lowers_the_loss():
     frames = [_batch(boxes, LABELS, _surface_points(boxes[:4], 300, generator)) for boxes in (BOXES, second)]
     batch = Batch(["a", "b"], [f.points[0] for f in frames], [f.intensity[0] for f in frames],
                   [f.semantic[0] for f in frames], [f.origins[0] for f in frames],
-                  boxes=torch.stack([BOXES, second]), box_labels=torch.stack([LABELS, LABELS]))
+                  boxes=torch.stack([BOXES, second]), box_labels=torch.stack([LABELS, LABELS]),
+                  box_annotations=[_annotations(LABELS)] * 2, ego_origins=torch.zeros(2, 3),
+                  bicycle_racks=[torch.zeros(0, 7)] * 2)
     torch.manual_seed(0)
     backbone = SparseBackbone(TINY_GRID, (8, 8, 8), 8)
     model = FinetuneModel(backbone, DetectionTask(backbone, {**SETTINGS, "hidden_dim": 16}))
@@ -227,3 +237,16 @@ def test_smoke_fine_tuning_from_scratch_and_from_a_pretrained_checkpoint(workdir
     scratch, pretrained = (read_run("detection", source, 0, "run_meta.json") for source in sources)
     assert pretrained["pretrained"]["loaded_fraction"] == 1.0 and scratch["pretrained"] is None
     assert scratch["history"] != pretrained["history"]
+
+
+def test_class_groups_that_name_none_of_the_frames_box_classes_are_an_error_naming_both():
+    task = _task(class_groups=[["bus"], ["trailer"]], class_ranges={"bus": 50.0, "trailer": 50.0})
+    batch = _batch()
+    assert (task.labels(batch) == -1).all()  # the synthetic boxes' classes are not the task's
+    task.detect = lambda head_output, backbone_output: [
+        {"boxes": torch.zeros(0, 7), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}]
+    evaluator = task.evaluator()
+    evaluator.update(None, None, batch, None)
+    with pytest.raises(ValueError, match=r"\['car', 'cyclist', 'pedestrian', 'truck'\], none of "
+                                         r"finetune\.detection\.class_groups \['bus', 'trailer'\]"):
+        evaluator.result()

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from occbench.data.frame import Frame, cameras, occupancy_grid
+from occbench.data.frame import (BoxAnnotations, Frame, bicycle_racks, box_annotations, cameras, ego_origin,
+                                 occupancy_grid)
 
 # What a method or task may ask for beyond the point clouds.
 OPTIONAL_FIELDS = frozenset({"ring", "instance", "pose", "boxes", "occupancy", "cameras"})
@@ -47,6 +48,11 @@ class Batch:
     boxes: torch.Tensor | None = None  # (B, M, 7) float32, zero rows as padding
     box_labels: torch.Tensor | None = None  # (B, M) int64, BOX_PAD on padding rows
     box_velocity: torch.Tensor | None = None  # (B, M, 2) float32, NaN where the dataset has none
+    # Per sample, what a detection evaluation reads of each box (frame.box_annotations: the source's
+    # class names, attributes, point counts), the ego origin (B, 3) and the bicycle racks (K_i, 7).
+    box_annotations: list[BoxAnnotations] | None = None
+    ego_origins: torch.Tensor | None = None
+    bicycle_racks: list[torch.Tensor] | None = None
     occupancy: torch.Tensor | None = None  # (B, X, Y, Z) uint8 semantic occupancy
     occupancy_grid: dict | None = None  # {"range", "voxel_size"} shared by the batch
     cameras: dict[str, CameraBatch] = field(default_factory=dict)
@@ -135,6 +141,9 @@ def _stack_boxes(batch: Batch, frames: list[Frame]) -> None:
             velocity[row, :count] = frame.extras["box_velocity"]
     batch.boxes, batch.box_labels = torch.from_numpy(boxes), torch.from_numpy(labels)
     batch.box_velocity = torch.from_numpy(velocity)
+    batch.box_annotations = [box_annotations(frame) for frame in frames]
+    batch.ego_origins = torch.from_numpy(np.stack([ego_origin(frame) for frame in frames]).astype(np.float32))
+    batch.bicycle_racks = [torch.from_numpy(bicycle_racks(frame)) for frame in frames]
 
 
 def _stack_occupancy(batch: Batch, frames: list[tuple[str, Frame]], source) -> None:

@@ -13,7 +13,15 @@ This module is the one driver all of them share:
   frames written under the old settings are removed instead of reused;
 - a frame that fails is reported with the input it came from; the others still
   convert, the index lists only the frames that exist, and the caller ends
-  with the list of failures and a non-zero exit.
+  with the list of failures and a non-zero exit;
+- a converter with ``occupancy_aggregation`` settings has each scene's
+  occupancy built from its frames once they are written (blocks of
+  consecutive frames, ``occbench.data.occupancy_aggregation``); a block that
+  fails is reported and its frames left out of the index, and a block whose
+  frames all hold the grid is not built again;
+- a full disk (occbench.io.DiskFull) stops the conversion instead: the frames
+  written are kept, no index is written, and a rerun once there is space
+  writes the rest.
 """
 
 from __future__ import annotations
@@ -29,8 +37,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from occbench.data.dataset import write_index
-from occbench.data.frame import Frame, save_frame
-from occbench.io import read_json, write_json
+from occbench.data.frame import Frame, OccupancySpec, save_frame
+from occbench.data.occupancy_aggregation import AggregationSettings, aggregate_scene, has_occupancy
+from occbench.io import DiskFull, read_json, write_json
 from occbench.progress import progress
 from occbench.workflow.grid import data_dir, index_path
 
@@ -47,6 +56,10 @@ class FrameSource:
 
 class Converter(Protocol):
     """A reader of one dataset kind, built from the dataset's settings in params.yaml."""
+
+    # How the semantic occupancy is built from each scene's labelled points, None for not at all
+    # (the synthetic world writes its exact occupancy into each frame itself).
+    occupancy_aggregation: AggregationSettings | None
 
     def __init__(self, settings: dict[str, Any]) -> None: ...
 
@@ -76,6 +89,8 @@ def _convert_one(source: FrameSource, frames_dir: Path) -> tuple[str | None, lis
             frame = _ACTIVE.load(source)
             save_frame(frame, path)
             box_labels = frame.box_labels
+    except DiskFull:  # the disk, not the frame: every other frame would fail the same way
+        raise
     except Exception as err:  # one bad frame must not stop the others
         message = str(err).removeprefix(f"{source.location}: ")  # name the input once
         return f"{source.location}: {type(err).__name__}: {message}", []
@@ -114,14 +129,56 @@ def run_conversion(name: str, converter: Converter, settings: dict[str, Any], wo
     finally:
         _ACTIVE = None
     failures = [error for error, _ in outcomes if error]
+    converted = [(source, box_classes) for source, (error, box_classes) in zip(sources, outcomes) if not error]
+    if converter.occupancy_aggregation is not None:
+        failed = _aggregate_occupancy(name, frames_dir, [source for source, _ in converted],
+                                      converter.occupancy_aggregation, workers)
+        failures += sorted(set(failed.values()))
+        converted = [(source, classes) for source, classes in converted if source.frame_id not in failed]
     frames = [
         {"id": source.frame_id, "path": f"frames/{source.frame_id}.npz", "split": source.split,
          "scene": source.scene, "box_classes": box_classes}
-        for source, (error, box_classes) in zip(sources, outcomes)
-        if not error
+        for source, box_classes in converted
     ]
     write_index(index_path(name), name, frames)
     return failures
+
+
+def _aggregate_one(paths: list[Path], grid: OccupancySpec) -> str | None:
+    """Build one block's occupancy; return the error text, None when it went well."""
+    try:
+        aggregate_scene(paths, grid)
+    except DiskFull:  # the disk, not the block: stops the conversion as a frame's would
+        raise
+    except Exception as err:  # one bad block must not stop the others
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def _aggregate_occupancy(name: str, frames_dir: Path, sources: list[FrameSource],
+                         settings: AggregationSettings, workers: int) -> dict[str, str]:
+    """Build the occupancy of every block of frames not yet holding it; return the failures by frame id."""
+    scenes: dict[str, list[FrameSource]] = {}
+    for source in sources:
+        scenes.setdefault(source.scene, []).append(source)
+    size = settings.frames_per_block
+    blocks = [frames[first : first + size] for frames in scenes.values() for first in range(0, len(frames), size)]
+    todo = [block for block in blocks
+            if not all(has_occupancy(frames_dir / f"{s.frame_id}.npz", settings.grid) for s in block)]
+    job = partial(_aggregate_one, grid=settings.grid)
+    paths = [[frames_dir / f"{source.frame_id}.npz" for source in block] for block in todo]
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+            errors = list(progress(pool.map(job, paths), total=len(paths), desc=f"occupancy {name}"))
+    else:
+        errors = [job(block) for block in progress(paths, desc=f"occupancy {name}")]
+    failed = {}
+    for block, error in zip(todo, errors):
+        if error:
+            message = (f"{frames_dir}: occupancy of scene {block[0].scene}, frames {block[0].frame_id} to "
+                       f"{block[-1].frame_id}: {error}")
+            failed.update({source.frame_id: message for source in block})
+    return failed
 
 
 def convert(params: dict, dataset: str, workers: int = 1) -> list[str]:

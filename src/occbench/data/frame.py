@@ -24,6 +24,9 @@ Required arrays
 Optional arrays (``Frame.extras``)
     box_velocity            float32 (M, 2)  x, y velocity of each box in frame coordinates, m/s;
                                             NaN where unknown (nuScenes: a single annotation)
+    box_track_id            int32 (M,)      each box's object, the same id in every frame of the sequence
+                                            (>= 1; synthetic: its object, nuScenes: its instance, Waymo:
+                                            its label id); occupancy aggregation follows objects by it
     box_names               str (M,)        the source's detection class of each box (nuScenes:
                                             the devkit's 10 classes, '' for a category outside
                                             them), finer than box_labels' unified classes
@@ -81,6 +84,7 @@ _REQUIRED_DTYPES: dict[str, Any] = {
 
 # Optional fields checked whenever present: shape (-1: any length, "M": one per box) and dtype kind.
 _OPTIONAL_SHAPES: dict[str, tuple[tuple[int | str, ...], str]] = {
+    "box_track_id": (("M",), "i"),
     "box_names": (("M",), "U"),
     "box_attributes": (("M",), "U"),
     "box_lidar_points": (("M",), "i"),
@@ -190,6 +194,23 @@ class OccupancyGrid:
             for lo, n, size in zip(self.point_range[:3], self.labels.shape, self.voxel_size)
         ]
         return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+
+
+@dataclass(frozen=True)
+class OccupancySpec:
+    """The grid of a dataset's occupancy (params.yaml ``occupancy``: range and voxel size), in frame coordinates."""
+
+    point_range: tuple[float, ...]
+    voxel_size: tuple[float, ...]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> OccupancySpec:
+        return cls(tuple(d["range"]), tuple(d["voxel_size"]))
+
+    def unknown_grid(self) -> OccupancyGrid:
+        """The grid with every voxel unknown (IGNORE_INDEX)."""
+        cells = np.round(np.subtract(self.point_range[3:], self.point_range[:3]) / np.asarray(self.voxel_size))
+        return OccupancyGrid(np.full(cells.astype(int), IGNORE_INDEX, np.uint8), self.point_range, self.voxel_size)
 
 
 @dataclass(frozen=True)

@@ -241,3 +241,46 @@ def intersect_ground(origin: np.ndarray, dirs: np.ndarray, ground_z: float = 0.0
     with np.errstate(divide="ignore"):
         t = (ground_z - origin[2]) / dirs[:, 2]
     return np.where(t > 0, t, np.inf), np.abs(dirs[:, 2])
+
+
+# Rays traversed at once by voxels_crossed: bounds its (rays x plane crossings) temporaries to tens of MB.
+RAYS_PER_CHUNK = 4096
+
+
+def voxels_crossed(origin: np.ndarray, ends: np.ndarray, point_range: Sequence[float],
+                   voxel_size: Sequence[float]) -> np.ndarray:
+    """(X, Y, Z) bool: the voxels of the grid ``point_range`` / ``voxel_size`` that the segments from
+    ``origin`` (3,) to ``ends`` (N, 3) cross or end in.
+
+    Exact traversal: a segment from s to e (in voxel units) enters a new voxel at each integer plane
+    it crosses, so the voxels it visits are the one holding s and, for each crossing of plane m along
+    axis a at t = (m - s_a) / (e_a - s_a), the voxel of s + t (e - s) with coordinate a set to m (going
+    up) or m - 1 (going down); plus the one holding e. Only planes inside the grid are crossed.
+    """
+    lower, size = np.asarray(point_range[:3], np.float64), np.asarray(voxel_size, np.float64)
+    shape = tuple(int(n) for n in np.round((np.asarray(point_range[3:], np.float64) - lower) / size))
+    start = (np.asarray(origin, np.float64) - lower) / size
+    mask = np.zeros(shape, dtype=bool)
+
+    def mark(coords: np.ndarray) -> None:
+        coords = coords[((coords >= 0) & (coords < shape)).all(1)]
+        mask[coords[:, 0], coords[:, 1], coords[:, 2]] = True
+
+    mark(np.floor(start).astype(np.int64)[None])
+    ends = np.asarray(ends, np.float64).reshape(-1, 3)
+    for first_ray in range(0, len(ends), RAYS_PER_CHUNK):
+        end = (ends[first_ray : first_ray + RAYS_PER_CHUNK] - lower) / size
+        mark(np.floor(end).astype(np.int64))
+        step = end - start
+        for axis in range(3):
+            low, high = np.minimum(end[:, axis], start[axis]), np.maximum(end[:, axis], start[axis])
+            first = np.maximum(np.floor(low) + 1, 0).astype(np.int64)
+            last = np.minimum(np.ceil(high) - 1, shape[axis]).astype(np.int64)
+            count = np.maximum(last - first + 1, 0)
+            ray = np.repeat(np.arange(len(end)), count)
+            plane = first[ray] + np.arange(len(ray)) - np.repeat(np.cumsum(count) - count, count)
+            t = (plane - start[axis]) / step[ray, axis]
+            coords = np.floor(start + t[:, None] * step[ray]).astype(np.int64)
+            coords[:, axis] = np.where(step[ray, axis] > 0, plane, plane - 1)
+            mark(coords)
+    return mask

@@ -42,7 +42,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from occbench.config import from_settings
-from occbench.data.frame import Frame, add_camera, set_occupancy
+from occbench.data.frame import Frame, OccupancySpec, add_camera, set_occupancy
 from occbench.data.raycast import (
     PARAMS_PER_KIND,
     Primitives,
@@ -51,7 +51,7 @@ from occbench.data.raycast import (
     trace,
 )
 from occbench.data.synthetic_camera import CameraConfig, render_camera
-from occbench.data.synthetic_occupancy import OccupancySpec, semantic_occupancy
+from occbench.data.synthetic_occupancy import semantic_occupancy
 from occbench.data.taxonomy import CLASS_ID, CLASSES, THING_CLASSES
 
 # Rough near-infrared reflectivity of the materials the world is made of.

@@ -46,7 +46,6 @@ them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -222,18 +221,6 @@ class _Grid:
             occupied[pairs] = near.any(1)
         flat = np.ravel_multi_index(tuple(ijk[occupied].T), self.shape)
         return primitive[occupied], flat, -distance[occupied]
-
-
-@dataclass(frozen=True)
-class OccupancySpec:
-    """The ground-truth grid a synthetic dataset writes into its frames (params.yaml ``occupancy``)."""
-
-    point_range: tuple[float, ...]
-    voxel_size: tuple[float, ...]
-
-    @classmethod
-    def from_dict(cls, d: dict) -> OccupancySpec:
-        return cls(tuple(d["range"]), tuple(d["voxel_size"]))
 
 
 def semantic_occupancy(

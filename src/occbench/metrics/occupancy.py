@@ -24,11 +24,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from occbench.data.raycast import voxels_crossed
 from occbench.data.taxonomy import CLASSES, EMPTY_INDEX, IGNORE_INDEX, NUM_CLASSES
 from occbench.metrics.segmentation import ConfusionMatrix
 from occbench.metrics.stats import nan_to_none
-
-RAYS_PER_CHUNK = 4096  # bounds the (rays x plane crossings) temporaries of observed_mask to tens of MB
 
 
 def _grid_shape(grid: dict) -> tuple[int, int, int]:
@@ -38,43 +37,10 @@ def _grid_shape(grid: dict) -> tuple[int, int, int]:
 
 def observed_mask(points: torch.Tensor, origin: torch.Tensor, grid: dict) -> torch.Tensor:
     """(X, Y, Z) bool: the voxels of ``grid`` ({"range", "voxel_size"}) that the rays from ``origin`` (3,)
-    to ``points`` (N, 3) cross or end in, on the points' device.
-
-    Exact traversal: a segment from s to e (in voxel units) enters a new voxel at each integer plane
-    it crosses, so the voxels it visits are the one holding s and, for each crossing of plane m along
-    axis a at t = (m - s_a) / (e_a - s_a), the voxel of s + t (e - s) with coordinate a set to m (going
-    up) or m - 1 (going down); plus the one holding e. Only planes inside the grid are crossed.
-    """
-    shape = _grid_shape(grid)
-    device = points.device
-    lower = torch.tensor(grid["range"][:3], dtype=torch.float64, device=device)
-    size = torch.tensor(grid["voxel_size"], dtype=torch.float64, device=device)
-    extent = torch.tensor(shape, device=device)
-    start = (origin.to(device, torch.float64) - lower) / size
-    mask = torch.zeros(shape, dtype=torch.bool, device=device)
-
-    def mark(coords: torch.Tensor) -> None:
-        inside = ((coords >= 0) & (coords < extent)).all(1)
-        coords = coords[inside]
-        mask[coords[:, 0], coords[:, 1], coords[:, 2]] = True
-
-    mark(start.floor().long()[None])
-    for chunk in torch.split(points.to(torch.float64), RAYS_PER_CHUNK):
-        end = (chunk - lower) / size
-        mark(end.floor().long())
-        step = end - start
-        for axis in range(3):
-            low, high = torch.minimum(end[:, axis], start[axis]), torch.maximum(end[:, axis], start[axis])
-            first = (low.floor() + 1).clamp(min=0).long()
-            last = (high.ceil() - 1).clamp(max=shape[axis]).long()
-            count = (last - first + 1).clamp(min=0)
-            ray = torch.repeat_interleave(torch.arange(len(chunk), device=device), count)
-            plane = first[ray] + torch.arange(len(ray), device=device) - (count.cumsum(0) - count)[ray]
-            t = (plane - start[axis]) / step[ray, axis]
-            coords = (start + t[:, None] * step[ray]).floor().long()
-            coords[:, axis] = torch.where(step[ray, axis] > 0, plane, plane - 1)
-            mark(coords)
-    return mask
+    to ``points`` (N, 3) cross or end in (exact traversal, ``raycast.voxels_crossed``), on the points' device."""
+    crossed = voxels_crossed(origin.detach().cpu().numpy(), points.detach().cpu().numpy(),
+                             grid["range"], grid["voxel_size"])
+    return torch.from_numpy(crossed).to(points.device)
 
 
 def every_voxel(points: torch.Tensor, origin: torch.Tensor, grid: dict) -> torch.Tensor:

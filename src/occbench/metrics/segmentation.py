@@ -67,9 +67,12 @@ def bootstrap_miou_interval(frame_matrices: np.ndarray, seed: int = 0,
 
     ``frame_matrices``: (frames, C, C), one confusion matrix per held-out frame. The
     interval says how much of a run's score comes from which frames happen to be
-    held out, the validation sampling error (scipy.stats.bootstrap over frames).
+    held out, the validation sampling error (scipy.stats.bootstrap over frames). One frame gives no
+    interval (NaN, NaN; null in metrics.json): every resample is that frame, and scipy refuses it.
     """
     frame_matrices = np.asarray(frame_matrices)
+    if len(frame_matrices) < 2:
+        return float("nan"), float("nan")
     num_classes = frame_matrices.shape[1]
 
     def miou_of(rows: np.ndarray) -> float:

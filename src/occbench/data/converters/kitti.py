@@ -23,6 +23,7 @@ import numpy as np
 
 from occbench.data.convert import FrameSource
 from occbench.data.frame import Camera, Frame, add_camera, inside_boxes
+from occbench.data.occupancy_aggregation import AggregationSettings
 from occbench.data.taxonomy import (
     CLASS_ID,
     IGNORE_INDEX,
@@ -266,6 +267,7 @@ class SemanticKittiConverter:
     """
 
     def __init__(self, settings: dict[str, Any]) -> None:
+        self.occupancy_aggregation = AggregationSettings.from_settings(settings)
         self.root = Path(settings["root"])
         self.splits = {
             "train": [str(s) for s in settings["train_sequences"]],
@@ -358,6 +360,8 @@ class KittiDetectionConverter:
     i + 1, which detection-style sampling can use. With ``cameras: true`` the
     image_2 PNG comes along as camera "image_2".
     """
+
+    occupancy_aggregation = None  # single frames, no sequences to aggregate
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.root = Path(settings["root"])

@@ -27,6 +27,7 @@ import numpy as np
 
 from occbench.data.convert import FrameSource
 from occbench.data.frame import BoxAnnotations, Camera, Frame, add_camera, set_box_annotations
+from occbench.data.occupancy_aggregation import AggregationSettings
 from occbench.data.taxonomy import IGNORE_INDEX, NUSCENES, map_labels, unified_id
 
 # Official scene splits (nuscenes.utils.splits) that form train and val of each table version.
@@ -34,7 +35,7 @@ _SPLITS = {
     "v1.0-mini": {"train": "mini_train", "val": "mini_val"},
     "v1.0-trainval": {"train": "train", "val": "val"},
 }
-_SETTINGS = ("root", "version", "sweeps", "cameras", "lidarseg")
+_SETTINGS = ("root", "version", "sweeps", "cameras", "lidarseg", "occupancy")
 # LIDAR_TOP files hold float32 x, y, z, intensity (0..255), ring (0..31).
 _COLUMNS = 5
 # The devkit's bicycle racks: no box of their own, but cycles inside one are not evaluated.
@@ -79,6 +80,7 @@ class NuScenesConverter:
         _require_devkit()
         from nuscenes import NuScenes
 
+        self.occupancy_aggregation = AggregationSettings.from_settings(settings)
         self.root = Path(settings["root"])
         self.version = settings["version"]
         self.sweeps = int(settings["sweeps"])
@@ -158,7 +160,7 @@ class NuScenesConverter:
         pose = self._sensor_to_world(lidar)
         semantic = (self._semantic(lidar, sample_token, source.scene, len(points)) if self.lidarseg
                     else np.full(len(points), IGNORE_INDEX, np.uint8))
-        boxes, labels, velocity, instance, annotations, racks = self._boxes(lidar, pose, points)
+        boxes, labels, velocity, instance, annotations, racks, tracks = self._boxes(lidar, pose, points)
         if self.sweeps:
             extra_points, extra_intensity, extra_ring = self._previous_sweeps(lidar, pose)
             count = len(extra_points)
@@ -173,7 +175,7 @@ class NuScenesConverter:
             meta={"dataset": "nuscenes", "sequence": source.scene, "index": index,
                   "sensor": "nuscenes32", "num_beams": 32, "timestamp": lidar["timestamp"] * 1e-6,
                   "sample_token": sample_token},
-            extras={"box_velocity": velocity, "bicycle_racks": racks,
+            extras={"box_velocity": velocity, "box_track_id": tracks, "bicycle_racks": racks,
                     # The ego pose's origin, from which the devkit measures class ranges.
                     "ego_origin": np.linalg.inv(self._ego_from_sensor(lidar))[:3, 3]},
         )
@@ -213,7 +215,8 @@ class NuScenesConverter:
 
     def _boxes(self, lidar: dict, pose: np.ndarray, points: np.ndarray):
         """Boxes (M, 7), unified labels, xy velocity in the LiDAR frame (NaN where the devkit has
-        none), per-point instance ids, the boxes' annotations and the bicycle racks (K, 7)."""
+        none), per-point instance ids, the boxes' annotations, the bicycle racks (K, 7) and each box's
+        track id: its instance's row in the devkit's instance table, plus 1."""
         from nuscenes.eval.detection.utils import category_to_detection_name
         from nuscenes.utils.geometry_utils import points_in_box
 
@@ -236,7 +239,9 @@ class NuScenesConverter:
         # Largest first, so a point inside several boxes keeps the smallest one's id.
         for i in np.argsort(-boxes[:, 3:6].prod(axis=1), kind="stable"):
             instance[points_in_box(kept[i][0], points.T)] = i + 1
-        return boxes, labels, velocity, instance, annotations, racks
+        tracks = np.array([self.nusc.getind("instance", record["instance_token"]) + 1 for record in records],
+                          np.int32)
+        return boxes, labels, velocity, instance, annotations, racks, tracks
 
     def _attribute(self, record: dict) -> str:
         """The annotation's attribute name, '' for none; more than one is an error, as in the devkit."""

@@ -13,10 +13,11 @@ from occbench.data.convert import FrameSource
 from occbench.data.frame import Frame
 from occbench.data.synthetic import SceneConfig, SensorProfile, SequenceConfig, generate_frame
 from occbench.data.synthetic_camera import CameraConfig
-from occbench.data.synthetic_occupancy import OccupancySpec
+from occbench.data.frame import OccupancySpec
 
 
 class SyntheticConverter:
+    occupancy_aggregation = None  # each frame holds its scene's exact occupancy instead
     def __init__(self, settings: dict[str, Any]) -> None:
         self.seed = settings["seed"]
         self.num_scenes = settings["num_scenes"]
