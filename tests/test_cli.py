@@ -9,8 +9,9 @@ from smoke import SMOKE_ARGS
 
 def test_validate_counts_the_smoke_grid(capsys):
     assert main([*SMOKE_ARGS, "validate"]) == 0
-    # 6 sources (scratch and 5 methods) x 2 seeds x (2 label splits at 50 %, 1 at 100 %)
-    assert "5 pre-training and 36 fine-tuning runs" in capsys.readouterr().out
+    # 6 sources (scratch and 5 methods) x (segmentation: 2 seeds x (2 label splits at 50 %, 1 at 100 %);
+    # occupancy and detection: 1 run each, grid.task_overrides)
+    assert "5 pre-training and 48 fine-tuning runs" in capsys.readouterr().out
 
 
 def test_bad_params_exit_2_naming_file_and_key(tmp_path, capsys):

@@ -85,14 +85,17 @@ def check_consistency(params: dict[str, Any], source: str = "params.yaml") -> No
                 SensorProfile.from_dict(dataset["sensor"])
             except ValueError as err:
                 problems.append(f"datasets.{name}.sensor: {err}")
+    from occbench.workflow.grid import PROBE, SCRATCH, task_axes  # grid.py imports this module
+
+    axes = {task: task_axes(grid, task) for task in grid["tasks"]}
+    # every task's label splits are drawn from the same nested files: their fractions must nest together
+    label_fractions = sorted({f for each in axes.values() for f in each["label_fractions"]})
     for key, fractions in (("pretrain_sampling", grid["pretrain_fractions"]),
-                           ("label_sampling", grid["label_fractions"])):
+                           ("label_sampling", label_fractions)):
         try:
             check_nesting(fractions, params["splits"][key])
         except ValueError as err:
             problems.append(f"splits.{key}: {err}")
-    from occbench.workflow.grid import PROBE, SCRATCH  # grid.py imports this module
-
     if SCRATCH not in grid["methods"]:
         problems.append(f"grid.methods: {grid['methods']} lacks {SCRATCH!r}; every table compares with it")
     elif grid["compute_matched_scratch"] and set(grid["methods"]) <= {SCRATCH}:
@@ -105,9 +108,10 @@ def check_consistency(params: dict[str, Any], source: str = "params.yaml") -> No
         schedules = {f"finetune.{task}.epochs": settings["epochs"]}
         if PROBE in grid["finetune_modes"] and "epochs" in settings.get(PROBE, {}):
             schedules[f"finetune.{task}.{PROBE}.epochs"] = settings[PROBE]["epochs"]
+        largest = max(axes[task]["label_fractions"])
         for key, schedule in schedules.items():
-            if max(entry["up_to_label_fraction"] for entry in schedule) < max(grid["label_fractions"]):
-                problems.append(f"{key}: no entry covers the largest label fraction {max(grid['label_fractions'])}")
+            if max(entry["up_to_label_fraction"] for entry in schedule) < largest:
+                problems.append(f"{key}: no entry covers the largest label fraction {largest}")
     problems += _teacher_problems(params)
     if problems:
         raise ParamsError("invalid parameters\n  " + "\n  ".join(f"{source}: {p}" for p in problems))

@@ -176,7 +176,7 @@ def test_a_label_split_seed_enters_the_digest_of_its_own_runs_only():
     assert params["grid"]["label_split_seeds"] == [0, 1]
     twins = {}
     for run in grid.finetune_runs:
-        twins.setdefault((run.source, run.label_fraction, run.seed), {})[run.label_split_seed] = run
+        twins.setdefault((run.task, run.source, run.label_fraction, run.seed), {})[run.label_split_seed] = run
     pairs = [(by_split[0], by_split[1]) for by_split in twins.values() if len(by_split) == 2]
     sources = len(params["grid"]["methods"])  # scratch and one run per method (one pre-training fraction)
     assert len(pairs) == sources * 2  # sources x training seeds, at label fraction 0.5 (1 has one split)

@@ -26,6 +26,8 @@ def paper_like_params(label_split_seeds=(0,), compute_matched_scratch=False):
         seeds=[0, 1, 2],
         label_split_seeds=list(label_split_seeds),
         compute_matched_scratch=compute_matched_scratch,
+        tasks=["segmentation"],
+        task_overrides={},
     )
     return params
 
@@ -294,3 +296,68 @@ def test_snakemake_trains_the_image_teacher_before_occfeat(tmp_path):
     assert [(rule, job["output"]) for rule, job in fields] == [
         ("image_teacher", encoder), ("pretrain", "results/pretrain/small/synthetic/occfeat+selfsup_image/pt_1/checkpoint.pt")]
     assert encoder in fields[1][1]["input"].split(", ")
+
+
+def test_a_task_override_gives_that_task_its_own_label_fractions_and_seeds():
+    """grid.task_overrides: occupancy on one label fraction and seed, segmentation on the grid's own lists;
+    the label splits are the union, and segmentation's runs are those of the grid without the override."""
+    from occbench.workflow.grid import finetune_digest
+
+    params = paper_like_params(label_split_seeds=[0, 4])
+    params["grid"]["tasks"] = ["segmentation", "occupancy"]
+    params["grid"]["task_overrides"] = {"occupancy": {"label_fractions": [0.5], "seeds": [2]}}
+    grid = Grid(params)
+    by_task = {task: [run for run in grid.finetune_runs if run.task == task] for task in ("segmentation", "occupancy")}
+    assert len(by_task["occupancy"]) == 2 * 1 * 2 * (1 + 3)  # backbones x seeds x label splits x sources
+    assert {(r.label_fraction, r.seed, r.label_split_seed) for r in by_task["occupancy"]} == {(0.5, 2, 0), (0.5, 2, 4)}
+    alone = paper_like_params(label_split_seeds=[0, 4])
+    assert [run.metrics for run in by_task["segmentation"]] == [run.metrics for run in Grid(alone).finetune_runs]
+    # the override is in no run's digest: adding it re-runs nothing of the other tasks
+    assert [finetune_digest(params, run) for run in by_task["segmentation"]] == \
+        [finetune_digest(alone, run) for run in Grid(alone).finetune_runs]
+    assert grid.finetune_runs == by_task["segmentation"] + by_task["occupancy"]
+    # an override of a label fraction the grid has not: its split file joins the grid's
+    params["grid"]["task_overrides"] = {"occupancy": {"label_fractions": [0.2, 1.0], "label_split_seeds": [7]}}
+    splits = Grid(params).splits
+    assert ("synthetic", "labels", 0.2, 7) in splits and ("synthetic", "labels", 0.2, 0) not in splits
+    assert ("synthetic", "labels", 1.0, 7) in splits and ("synthetic", "labels", 0.5, 4) in splits
+
+
+def test_a_task_override_is_checked_like_the_grid():
+    """Its fractions must nest with every other task's (they share the label split files) and its task's
+    epoch schedule must cover them; a key other than the three axes is refused by the schema."""
+    from occbench.config import ParamsError, check_consistency, validate_params
+
+    def with_detection(**axes):
+        params = smoke_params()
+        params["grid"].update(tasks=["segmentation", "detection"], label_fractions=[0.5, 1.0],
+                              task_overrides={"detection": axes})
+        return params
+
+    params = with_detection(label_fractions=[1 / 3])
+    params["splits"]["label_sampling"] = "interval"
+    with pytest.raises(ParamsError, match=r"splits.label_sampling: interval sampling with strides 2 and 3"):
+        check_consistency(params)
+    params = with_detection(label_fractions=[0.5])
+    params["finetune"]["detection"]["epochs"] = [{"up_to_label_fraction": 0.5, "epochs": 2}]
+    check_consistency(params)  # detection's own fractions are covered, whatever the grid's
+    params["grid"]["task_overrides"]["detection"] = {"label_fractions": [1.0]}
+    with pytest.raises(ParamsError, match="finetune.detection.epochs: no entry covers the largest label fraction 1.0"):
+        check_consistency(params)
+    params = with_detection(methods=["scratch"])
+    with pytest.raises(ParamsError, match=re.escape("grid.task_overrides.detection: Additional properties are not "
+                                                    "allowed ('methods' was unexpected)")):
+        validate_params(params)
+
+
+def test_the_smoke_grid_fine_tunes_every_source_on_every_task():
+    """The smoke grid runs each of its sources on all three tasks: segmentation on the full grid, occupancy
+    and detection once each (grid.task_overrides), so every table of the report has a row per source."""
+    from collections import Counter
+
+    grid = Grid(smoke_params())
+    sources = {run.source for run in grid.finetune_runs}
+    assert len(sources) == len(smoke_params()["grid"]["methods"])
+    per_task = Counter((run.task, run.source) for run in grid.finetune_runs)
+    assert per_task == {**{("segmentation", s): 2 * (2 + 1) for s in sources},
+                        **{(task, s): 1 for task in ("occupancy", "detection") for s in sources}}

@@ -151,11 +151,12 @@ def test_label_sampling_reruns_label_splits_and_finetunes_not_pretraining(projec
 
 
 def test_adding_the_probe_mode_runs_the_probes_and_reruns_no_full_run(project):
-    """6 sources x 2 seeds x (2 label splits at 50 %, 1 at 100 %) probes, each into its probe/ folder."""
+    """6 sources x (segmentation: 2 seeds x (2 label splits at 50 %, 1 at 100 %); occupancy and detection:
+    1 run each) probes, each into its probe/ folder."""
     probe = overlay(project, "probe.yaml", {"grid": {"finetune_modes": ["full", "probe"]}})
     jobs = planned(project, "--configfile", probe)
     assert set(jobs) == {"finetune", "aggregate", "report", "all"}
-    assert len(jobs["finetune"]) == 36 and all("/probe/labels_" in path for path in jobs["finetune"])
+    assert len(jobs["finetune"]) == 6 * (2 * 3 + 2) and all("/probe/labels_" in path for path in jobs["finetune"])
     assert jobs["finetune"].isdisjoint(str(run.metrics) for run in grid_of(project).finetune_runs)
 
 

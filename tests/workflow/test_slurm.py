@@ -54,10 +54,11 @@ for name, gpus in [("a", 0), ("pretrain", 1), ("finetune", 1)]:
 """
 
 # One job per rule of the smoke grid (on top of .test/params.yaml in params.yaml), but two
-# fine-tuning jobs: scratch's and ALSO's (a grid always holds scratch).
+# fine-tuning jobs: scratch's and ALSO's (a grid always holds scratch), on one task.
 ONE_JOB_PER_RULE = """\
 grid:
   methods: [scratch, also]
+  tasks: [segmentation]
   label_fractions: [1.0]
   seeds: [0]
 """

@@ -72,7 +72,7 @@ ROW_KEYS = ("method", "pretrain_dataset", "pretrain_fraction")
 # One cell's numbers in the DVC metrics file; its counts (n_runs, paired_n, ...) stay in the CSV.
 DVC_METRICS = ("mean", "ci95", "delta_scratch", "paired_diff_mean", "paired_diff_ci95")
 
-_METRIC_LABELS = {"miou": "mIoU", "accuracy": "accuracy"}
+_METRIC_LABELS = {"miou": "mIoU", "accuracy": "accuracy", "geometric_iou": "geometric IoU"}
 
 
 def _read_json_file(path: Path) -> Any:

@@ -50,6 +50,7 @@ class OccupancyTask(Task):
     needs = frozenset({"occupancy"})
     needs_bev = True
     main_metric = "miou"
+    more_metrics = ("geometric_iou",)  # occupied or empty, whatever the class: the report's second table
 
     def __init__(self, backbone: SparseBackbone, settings: dict, context: TaskContext | None = None,
                  occupancy: dict | None = None):

@@ -48,6 +48,17 @@ PATTERNS = {
 }
 
 
+# The grid axes a task may take its own values of (grid.task_overrides).
+TASK_AXES = ("label_fractions", "seeds", "label_split_seeds")
+
+
+def task_axes(grid: dict[str, Any], task: str) -> dict[str, list]:
+    """The label fractions, seeds and label-split seeds the runs of ``task`` take: grid.task_overrides'
+    lists for the task where it names them, the grid's own otherwise."""
+    overrides = grid["task_overrides"].get(task, {})
+    return {axis: overrides.get(axis, grid[axis]) for axis in TASK_AXES}
+
+
 def fraction_tag(fraction: float) -> str:
     """Canonical text of a fraction in paths: 1.0 -> '1', 0.1 -> '0.1', 1/6 -> '0.1666666667'.
 
@@ -297,21 +308,27 @@ class Grid:
                                 for run in self.finetune_runs if run.compute_matched}
 
     @staticmethod
-    def label_split_seeds(grid: dict[str, Any], label_fraction: float) -> list[int]:
-        """The label-split seeds a label fraction runs: all of grid.label_split_seeds, but only the
-        first at fraction 1, where every seed's split holds every frame (more runs would repeat it)."""
-        seeds = grid["label_split_seeds"]
+    def label_split_seeds(axes: dict[str, Any], label_fraction: float) -> list[int]:
+        """The label-split seeds a label fraction runs: all of ``axes``' label_split_seeds (the grid's or a
+        task's, task_axes), but only the first at fraction 1, where every seed's split holds every frame
+        (more runs would repeat it)."""
+        seeds = axes["label_split_seeds"]
         return seeds if label_fraction < 1 else seeds[:1]
 
     def _finetune_runs(self) -> Iterator[FinetuneRun]:
         """Every mode's runs, the first mode's first; scratch probes the random backbone (the baseline of
-        whether pre-trained features carry anything), compute-matched scratch is full fine-tuning only."""
+        whether pre-trained features carry anything), compute-matched scratch is full fine-tuning only.
+        Each task takes its own label fractions and seeds where grid.task_overrides names them."""
         grid = self.params["grid"]
-        for mode, task, backbone, transfer, label_fraction, seed in product(
-            grid["finetune_modes"], grid["tasks"], grid["backbones"], grid["transfers"], grid["label_fractions"],
-            grid["seeds"]
+        for mode, task in product(grid["finetune_modes"], grid["tasks"]):
+            yield from self._task_runs(mode, task, task_axes(grid, task))
+
+    def _task_runs(self, mode: str, task: str, axes: dict[str, list]) -> Iterator[FinetuneRun]:
+        grid = self.params["grid"]
+        for backbone, transfer, label_fraction, seed in product(
+            grid["backbones"], grid["transfers"], axes["label_fractions"], axes["seeds"]
         ):
-            for split_seed in self.label_split_seeds(grid, label_fraction):
+            for split_seed in self.label_split_seeds(axes, label_fraction):
                 run = partial(FinetuneRun, task, backbone, transfer["finetune"], label_fraction, seed, split_seed,
                               mode=mode)
                 for method in grid["methods"]:
