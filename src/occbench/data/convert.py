@@ -97,6 +97,15 @@ def _convert_one(source: FrameSource, frames_dir: Path) -> tuple[str | None, lis
     return None, sorted(int(label) for label in np.unique(box_labels))
 
 
+def _map(job, items: list, workers: int, desc: str, chunksize: int = 1) -> list:
+    """``job`` of every item, in order, with a progress bar: in ``workers`` forked processes (which
+    inherit the active converter) above 1, in this one otherwise."""
+    if workers <= 1:
+        return [job(item) for item in progress(items, desc=desc)]
+    with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+        return list(progress(pool.map(job, items, chunksize=chunksize), total=len(items), desc=desc))
+
+
 def _forget_stale_frames(frames_dir: Path, settings: dict[str, Any]) -> None:
     """Remove frames converted under other settings; remember the current ones."""
     record = frames_dir / "settings.json"
@@ -120,12 +129,7 @@ def run_conversion(name: str, converter: Converter, settings: dict[str, Any], wo
     job = partial(_convert_one, frames_dir=frames_dir)
     _ACTIVE = converter
     try:
-        if workers > 1:
-            with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
-                outcomes = list(progress(pool.map(job, sources, chunksize=4), total=len(sources),
-                                         desc=f"convert {name}"))
-        else:
-            outcomes = [job(source) for source in progress(sources, desc=f"convert {name}")]
+        outcomes = _map(job, sources, workers, f"convert {name}", chunksize=4)
     finally:
         _ACTIVE = None
     failures = [error for error, _ in outcomes if error]
@@ -167,11 +171,7 @@ def _aggregate_occupancy(name: str, frames_dir: Path, sources: list[FrameSource]
             if not all(has_occupancy(frames_dir / f"{s.frame_id}.npz", settings.grid) for s in block)]
     job = partial(_aggregate_one, grid=settings.grid)
     paths = [[frames_dir / f"{source.frame_id}.npz" for source in block] for block in todo]
-    if workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
-            errors = list(progress(pool.map(job, paths), total=len(paths), desc=f"occupancy {name}"))
-    else:
-        errors = [job(block) for block in progress(paths, desc=f"occupancy {name}")]
+    errors = _map(job, paths, workers, f"occupancy {name}")
     failed = {}
     for block, error in zip(todo, errors):
         if error:
