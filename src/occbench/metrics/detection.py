@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from occbench.data.frame import Frame, bicycle_racks, box_annotations, ego_origin
+from occbench.data.frame import BoxAnnotations, Frame, bicycle_racks, box_annotations, ego_origin
 from occbench.metrics.stats import nan_to_none
 
 TP_METRICS = ("trans_err", "scale_err", "orient_err", "vel_err", "attr_err")
@@ -257,16 +257,21 @@ def evaluate_detection(ground_truth: Sequence[DetectionBoxes], predictions: Sequ
     return DetectionMetrics(label_aps, label_tp_errors, float(settings.mean_ap_weight))
 
 
-def frame_ground_truth(frame: Frame, settings: DetectionSettings) -> DetectionBoxes:
-    """The frame's boxes of the evaluated classes, as the devkit evaluates them: by their source
+def annotated_ground_truth(boxes: np.ndarray, annotations: BoxAnnotations, velocity: np.ndarray | None,
+                           class_names: Sequence[str]) -> DetectionBoxes:
+    """Boxes (M, 7) of the evaluated ``class_names``, as the devkit evaluates them: by their source
     detection class, with attribute, LiDAR plus radar points and velocity (NaN where unknown)."""
-    annotations = box_annotations(frame)
-    keep = np.isin(annotations.names, settings.class_names)
-    boxes = frame.boxes[keep].astype(np.float64)
-    velocity = frame.extras.get("box_velocity")
+    keep = np.isin(annotations.names, class_names)
+    boxes = np.asarray(boxes, np.float64)[keep]
     return DetectionBoxes(center=boxes[:, :3], size=boxes[:, 3:6], yaw=boxes[:, 6], labels=annotations.names[keep],
-                          velocity=None if velocity is None else velocity[keep].astype(np.float64),
+                          velocity=None if velocity is None else np.asarray(velocity, np.float64)[keep],
                           attributes=annotations.attributes[keep], num_points=annotations.num_points[keep])
+
+
+def frame_ground_truth(frame: Frame, settings: DetectionSettings) -> DetectionBoxes:
+    """The frame's boxes of the evaluated classes (``annotated_ground_truth``)."""
+    return annotated_ground_truth(frame.boxes, box_annotations(frame), frame.extras.get("box_velocity"),
+                                  settings.class_names)
 
 
 def evaluate_frames(frames: Sequence[Frame], predictions: Sequence[DetectionBoxes],

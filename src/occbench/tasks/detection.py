@@ -44,7 +44,7 @@ from torch import nn
 from occbench.data.batch import Batch
 from occbench.data.taxonomy import THING_CLASSES
 from occbench.metrics.detection import (NUSCENES_CLASS_RANGE, NUSCENES_TP_EXCLUSIONS, DetectionBoxes, DetectionSettings,
-                                       evaluate_detection)
+                                       annotated_ground_truth, evaluate_detection)
 from occbench.models.backbone import BackboneOutput, SparseBackbone
 from occbench.models.occupancy_head import BevLayout
 from occbench.models.voxelize import VoxelBatch
@@ -175,15 +175,11 @@ class DetectionEvaluator(Evaluator):
         self.names_seen: set[str] = set()
 
     def update(self, output: BackboneOutput, predictions: torch.Tensor, batch: Batch, voxels: VoxelBatch) -> None:
-        labels = self.task.labels(batch)
         for sample, found in enumerate(self.task.detect(predictions, output)):
             annotated = batch.box_annotations[sample]
-            count = len(annotated.names)
-            keep = (labels[sample, :count] >= 0).cpu().numpy()
-            boxes = batch.boxes[sample, :count][torch.from_numpy(keep)].detach().double().cpu().numpy()
-            self.ground_truth.append(DetectionBoxes(
-                center=boxes[:, :3], size=boxes[:, 3:6], yaw=boxes[:, 6], labels=annotated.names[keep],
-                attributes=annotated.attributes[keep], num_points=annotated.num_points[keep]))
+            boxes = batch.boxes[sample, :len(annotated.names)].detach().cpu().numpy()
+            # Velocity is not predicted, so not scored (tp_exclusions): the ground truth's is left out.
+            self.ground_truth.append(annotated_ground_truth(boxes, annotated, None, self.task.class_names))
             self.predictions.append(_predicted(found))
             self.ego_xy.append(batch.ego_origins[sample, :2].double().cpu().numpy())
             self.racks.append(batch.bicycle_racks[sample].cpu().numpy())
