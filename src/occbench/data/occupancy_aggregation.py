@@ -185,6 +185,7 @@ def aggregate_sequence(frames: Iterable[Frame], spec: OccupancySpec) -> list[Occ
     track_points = {k: (np.concatenate([p for p, _ in v]), np.concatenate([s for _, s in v]))
                     for k, v in tracks.items()}
     free_space = _WorldFreeSpace(split, spec)
+    centres = spec.unknown_grid().centres().reshape(-1, 3)  # in frame coordinates: the same for every frame
     grids = []
     for f in split:
         grid = spec.unknown_grid()
@@ -201,7 +202,6 @@ def aggregate_sequence(frames: Iterable[Frame], spec: OccupancySpec) -> list[Occ
         coords, inside = grid.voxel_of(points)
         flat = np.ravel_multi_index(tuple(coords[inside].T), grid.labels.shape)
         voxel, cls = _majority_labels(flat, semantic[inside].astype(np.int64))
-        centres = grid.centres().reshape(-1, 3)
         free = np.arange(len(centres))  # narrowed octant by octant: most voxels fail the first
         for octant in _OCTANTS * np.asarray(spec.voxel_size):
             free = free[free_space.lookup((centres[free] + octant) @ rotation.T + translation)]
