@@ -113,6 +113,19 @@ def test_each_voxel_reads_the_bev_cell_above_it():
     assert torch.equal(logits[0], expected.float())
 
 
+def test_a_heads_values_at_chosen_voxels_are_those_of_its_unfolded_volume():
+    """What OccFeat computes at occupied voxels only equals the dense head's volume read at them."""
+    columns = _tiny_spot().columns
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(5, columns.k * columns.k * columns.depth * 3, 1)
+    features = torch.randn(2, 5, 4, 8)  # (B, C, y, x): 8 x 4 BEV cells
+    volume = columns.unfold(conv(features), 3)  # (2, 3, 16, 8, 4)
+    index = torch.nonzero(torch.rand(2, 16, 8, 4) < 0.2)
+    assert len(index) > 50
+    expected = volume[index[:, 0], :, index[:, 1], index[:, 2], index[:, 3]]
+    assert torch.allclose(columns.values_at(conv, features, index), expected, atol=1e-6)
+
+
 def test_pretext_metrics_by_hand():
     """Cars at x < 4 (z = 0), predicted at x < 2 and, less surely than empty once unweighted, at 4 <= x < 6:
     car IoU 16 / 48 from the argmax, 16 / 32 unweighted; z = 3 is below the ground (ignored)."""

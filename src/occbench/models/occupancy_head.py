@@ -134,3 +134,18 @@ class OccupancyColumns:
         shuffled = F.pixel_shuffle(head_output, self.k)  # (B, channels * Z, Y, X)
         b, _, y, x = shuffled.shape
         return shuffled.reshape(b, channels, self.depth, y, x).permute(0, 1, 4, 3, 2)
+
+    def values_at(self, conv: nn.Conv2d, features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``unfold(conv(features), channels)[b, :, x, y, z]`` for each row (b, x, y, z) of ``index``: (N, channels).
+
+        ``conv`` is a 1x1 convolution to k * k * Z * channels. Computed at those voxels only: OccFeat needs its
+        16 latent values at the 0.7 % of the volume that is occupied, and the dense map and volume cost 1.5 GFLOP
+        and 87 MB a step of 2 frames (pixel shuffle and its backward alone 0.18 s on one core).
+        """
+        channels = conv.out_channels // (self.k * self.k * self.depth)
+        sample, x, y, z = index.unbind(1)
+        row, column = y % self.k, x % self.k  # pixel_shuffle: out[.., Y * k + row, X * k + column]
+        cell = features[sample, :, y // self.k, x // self.k]  # (N, in_channels)
+        weight = conv.weight.view(channels, self.depth, self.k, self.k, -1)[:, z, row, column]  # (channels, N, in)
+        bias = conv.bias.view(channels, self.depth, self.k, self.k)[:, z, row, column]
+        return torch.einsum("cni,ni->nc", weight, cell) + bias.T

@@ -3,8 +3,9 @@
 A head "unsplats" the BEV map into a 3D volume: the BEV-to-columns head of
 SPOT (models/occupancy_head.py) gives each voxel of ``volume`` (the BEV map's
 x/y extent, k x k columns per BEV cell, ``volume.z_range`` in height) one
-occupancy logit and ``voxel_channels`` latent values; a linear layer maps the
-latent of a voxel to the teacher's feature space. Targets:
+occupancy logit and ``voxel_channels`` latent values (a second 1x1 conv on the
+head's hidden map, evaluated at occupied voxels only: the only ones distilled);
+a linear layer maps the latent of a voxel to the teacher's feature space. Targets:
 
 - occupancy: a voxel is occupied if at least one LiDAR point lies inside
   (OccFeat's definition); binary cross-entropy over every voxel of the volume,
@@ -182,7 +183,11 @@ class OccFeat(PretrainMethod):
         self.columns = OccupancyColumns(backbone, {"range": [grid[0], grid[1], z0, grid[3], grid[4], z1],
                                                    "voxel_size": volume["voxel_size"]}, "OccFeat")
         self.volume_grid = VoxelGrid(tuple(self.columns.grid["range"]), tuple(self.columns.grid["voxel_size"]))
-        self.head = self.columns.head(backbone.bev_channels, self.options.hidden_dim, 1 + self.options.voxel_channels)
+        # head: the occupancy logit of every voxel; latent: 1x1 conv to the voxel_channels of every voxel, on
+        # the head's hidden map (head[:-1]), evaluated at occupied voxels only (OccupancyColumns.values_at)
+        self.head = self.columns.head(backbone.bev_channels, self.options.hidden_dim, 1)
+        self.latent = nn.Conv2d(self.options.hidden_dim, self.columns.k ** 2 * self.columns.depth
+                                * self.options.voxel_channels, 1)
         self.to_feature = nn.Linear(self.options.voxel_channels, self.teacher.out_channels)
 
     def train(self, mode: bool = True) -> "OccFeat":
@@ -190,13 +195,13 @@ class OccFeat(PretrainMethod):
         self.teacher.eval()  # frozen: BatchNorm keeps the teacher's statistics
         return self
 
-    def _targets(self, volume: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _targets(self, hidden: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Occupancy (B, X, Y, Z), and for every (occupied voxel, camera) where it is seen, the predicted
         feature and the teacher's (unit) one, (M, D) each."""
         occupied = occupied_voxels(batch.points, self.volume_grid)
         index = torch.nonzero(occupied)  # (N, 4): sample, x, y, z
         centres = self.volume_grid.centres(index[:, [0, 3, 2, 1]])  # it takes spconv's (batch, z, y, x)
-        latent = volume[index[:, 0], 1:, index[:, 1], index[:, 2], index[:, 3]]  # (N, voxel_channels)
+        latent = self.columns.values_at(self.latent, hidden, index).float()  # (N, voxel_channels)
         predicted, taught = [], []
         for camera in batch.cameras.values():
             seen, target = self._teacher_features(camera, index[:, 0], centres)
@@ -218,11 +223,12 @@ class OccFeat(PretrainMethod):
         return seen, F.normalize(target, dim=1)
 
     def _terms(self, output: BackboneOutput, batch: Batch):
-        volume = self.columns.unfold(self.head(output.bev), 1 + self.options.voxel_channels).float()
-        occupied, predicted, taught = self._targets(volume, batch)
+        hidden = self.head[:-1](output.bev)
+        logits = self.columns.unfold(self.head[-1](hidden), 1)[:, 0].float()  # (B, X, Y, Z)
+        occupied, predicted, taught = self._targets(hidden, batch)
         bce = F.binary_cross_entropy_with_logits(
-            volume[:, 0], occupied.float(), pos_weight=torch.tensor(self.options.pos_weight, device=volume.device))
-        return volume, occupied, bce, distillation_loss(predicted, taught, self.options.distillation), predicted, taught
+            logits, occupied.float(), pos_weight=torch.tensor(self.options.pos_weight, device=logits.device))
+        return logits, occupied, bce, distillation_loss(predicted, taught, self.options.distillation), predicted, taught
 
     def loss(self, output: BackboneOutput, batch: Batch, voxels: VoxelBatch,
              generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
@@ -235,8 +241,8 @@ class OccFeat(PretrainMethod):
                         generator: torch.Generator) -> dict[str, float]:
         """IoU of the occupied voxels (logit > 0) with the LiDAR's, the mean cosine of predicted and
         teacher features over the seen occupied voxels, and the loss terms."""
-        volume, occupied, bce, distillation, predicted, taught = self._terms(output, batch)
-        called = volume[:, 0] > 0
+        logits, occupied, bce, distillation, predicted, taught = self._terms(output, batch)
+        called = logits > 0
         union = (called | occupied).sum()
         cosine = F.cosine_similarity(predicted, taught, dim=1).mean() if len(taught) else torch.tensor(float("nan"))
         return {"occupancy_iou": float((called & occupied).sum() / union) if union else float("nan"),
