@@ -11,7 +11,9 @@ from occbench.data.frame import (
     bicycle_racks,
     box_annotations,
     ego_origin,
+    grid_shape,
     load_frame,
+    pose_problem,
     save_frame,
     set_box_annotations,
 )
@@ -183,3 +185,25 @@ def test_a_nuscenes_frame_converted_without_box_annotations_is_refused():
     frame.meta.update(dataset="nuscenes", sequence="scene-0061", index=3)
     with pytest.raises(FrameFormatError, match="frame nuscenes/scene-0061/3 has no box_names.*convert it again"):
         box_annotations(frame)
+
+
+def test_grid_shape_counts_the_voxels_along_each_axis():
+    assert grid_shape([-50.0, -50.0, -4.0, 50.0, 50.0, 4.0], [0.5, 0.5, 0.5]) == (200, 200, 16)
+    assert grid_shape([0.0, 0.0, 0.0, 0.3, 0.6, 0.9], 0.1) == (3, 6, 9)  # 0.3 / 0.1 is 2.9999999999999996
+
+
+def test_a_pose_is_rigid_only_as_a_rotation_and_a_translation():
+    c, s = np.cos(0.3), np.sin(0.3)
+    turn = np.array([[c, -s, 0, 5.0], [s, c, 0, -2.0], [0, 0, 1, 1.5], [0, 0, 0, 1]])
+    assert pose_problem(np.eye(4)) is None and pose_problem(turn) is None
+    assert pose_problem(turn + np.diag([1e-6, 0, 0, 0])) is None  # KITTI's 6 digits
+    scaled, mirrored, sheared, nan = turn.copy(), turn.copy(), turn.copy(), turn.copy()
+    scaled[:3, :3] *= 1.01
+    mirrored[:, 2] *= -1
+    sheared[3, 0] = 0.5
+    nan[0, 3] = np.nan
+    for pose in (scaled, mirrored):
+        assert pose_problem(pose).startswith("its rotation part is not a rotation")
+    assert pose_problem(sheared) == "its last row is [0.5, 0.0, 0.0, 1.0], not [0, 0, 0, 1]"
+    assert pose_problem(nan) == "it is not a finite 4 x 4 matrix (shape (4, 4))"
+    assert pose_problem(np.eye(3)) == "it is not a finite 4 x 4 matrix (shape (3, 3))"

@@ -160,6 +160,29 @@ class Frame:
             raise FrameFormatError("; ".join(problems))
 
 
+RIGID_TOLERANCE = 1e-5  # |R^T R - I| a rigid pose may have: KITTI's poses.txt keeps 6 significant digits
+
+
+def grid_shape(point_range, voxel_size) -> tuple[int, int, int]:
+    """Voxels along x, y and z of the grid ``point_range`` [x0, y0, z0, x1, y1, z1] / ``voxel_size``
+    (3 sizes or one), rounded to whole numbers."""
+    cells = np.subtract(point_range[3:], point_range[:3]) / np.asarray(voxel_size, dtype=np.float64)
+    return tuple(int(n) for n in np.round(cells))
+
+
+def pose_problem(pose: np.ndarray) -> str | None:
+    """What keeps the 4 x 4 ``pose`` from being a finite rigid transform (a rotation, no reflection or
+    scale, and a translation), or None."""
+    if pose.shape != (4, 4) or not np.isfinite(pose).all():
+        return f"it is not a finite 4 x 4 matrix (shape {pose.shape})"
+    rotation = pose[:3, :3]
+    if not np.allclose(rotation.T @ rotation, np.eye(3), atol=RIGID_TOLERANCE) or np.linalg.det(rotation) < 0:
+        return f"its rotation part is not a rotation ({rotation.tolist()})"
+    if not np.allclose(pose[3], [0, 0, 0, 1]):
+        return f"its last row is {pose[3].tolist()}, not [0, 0, 0, 1]"
+    return None
+
+
 @dataclass(frozen=True)
 class OccupancyGrid:
     """A semantic voxel grid in frame coordinates; ``labels[i, j, k]`` covers
@@ -170,13 +193,11 @@ class OccupancyGrid:
     voxel_size: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        expected = np.round(
-            (np.subtract(self.point_range[3:], self.point_range[:3])) / np.asarray(self.voxel_size)
-        ).astype(int)
-        if self.labels.ndim != 3 or tuple(expected) != self.labels.shape:
+        expected = grid_shape(self.point_range, self.voxel_size)
+        if self.labels.ndim != 3 or expected != self.labels.shape:
             raise FrameFormatError(
                 f"occupancy has shape {self.labels.shape}, but range {list(self.point_range)} "
-                f"and voxel size {list(self.voxel_size)} give {tuple(expected)}"
+                f"and voxel size {list(self.voxel_size)} give {expected}"
             )
 
     def voxel_of(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -209,8 +230,8 @@ class OccupancySpec:
 
     def unknown_grid(self) -> OccupancyGrid:
         """The grid with every voxel unknown (IGNORE_INDEX)."""
-        cells = np.round(np.subtract(self.point_range[3:], self.point_range[:3]) / np.asarray(self.voxel_size))
-        return OccupancyGrid(np.full(cells.astype(int), IGNORE_INDEX, np.uint8), self.point_range, self.voxel_size)
+        labels = np.full(grid_shape(self.point_range, self.voxel_size), IGNORE_INDEX, np.uint8)
+        return OccupancyGrid(labels, self.point_range, self.voxel_size)
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
-from occbench.data.frame import (Frame, OccupancyGrid, OccupancySpec, inside_boxes, load_frame, save_frame,
-                                 set_occupancy)
+from occbench.data.frame import (Frame, OccupancyGrid, OccupancySpec, inside_boxes, load_frame, pose_problem,
+                                 save_frame, set_occupancy)
 from occbench.data.raycast import voxels_crossed
 from occbench.data.taxonomy import CLASS_ID, EMPTY_INDEX, IGNORE_INDEX, NUM_CLASSES, THING_CLASSES
 
@@ -103,11 +103,11 @@ class _FramePoints:
 
 
 def _split_frame(frame: Frame, static: list, tracks: dict) -> _FramePoints:
-    rotation = frame.pose[:3, :3]
-    if not np.isfinite(frame.pose).all() or not np.allclose(rotation.T @ rotation, np.eye(3), atol=1e-5):
+    problem = pose_problem(frame.pose)
+    if problem:
         meta = frame.meta
         raise ValueError(f"frame {meta.get('dataset', '?')}/{meta.get('sequence', '?')}/{meta.get('index', '?')}: "
-                         f"its pose is not a finite rigid transform ({frame.pose.tolist()})")
+                         f"its pose is not a finite rigid transform: {problem}")
     labelled = frame.semantic != IGNORE_INDEX
     points, semantic = frame.points[labelled].astype(np.float64), frame.semantic[labelled]
     inside = inside_boxes(points, frame.boxes)
@@ -116,7 +116,7 @@ def _split_frame(frame: Frame, static: list, tracks: dict) -> _FramePoints:
     in_tracked_box = box_of >= 0 if track_ids is not None else np.zeros(len(points), bool)
     is_static = (box_of < 0) & ~np.isin(semantic, _THING_IDS)
     own = ~is_static & ~in_tracked_box
-    translation = frame.pose[:3, 3]
+    rotation, translation = frame.pose[:3, :3], frame.pose[:3, 3]
     world = points @ rotation.T + translation
     static.append((world[is_static], semantic[is_static]))
     if track_ids is not None:

@@ -22,6 +22,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from occbench.data.frame import grid_shape
+
 Intersector = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
@@ -258,7 +260,7 @@ def voxels_crossed(origin: np.ndarray, ends: np.ndarray, point_range: Sequence[f
     up) or m - 1 (going down); plus the one holding e. Only planes inside the grid are crossed.
     """
     lower, size = np.asarray(point_range[:3], np.float64), np.asarray(voxel_size, np.float64)
-    shape = tuple(int(n) for n in np.round((np.asarray(point_range[3:], np.float64) - lower) / size))
+    shape = grid_shape(point_range, voxel_size)
     start = (np.asarray(origin, np.float64) - lower) / size
     mask = np.zeros(shape, dtype=bool)
 

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from occbench.data.frame import OccupancyGrid
+from occbench.data.frame import OccupancyGrid, grid_shape, pose_problem
 from occbench.data.raycast import PARAMS_PER_KIND
 from occbench.data.taxonomy import CLASS_ID, EMPTY_INDEX, IGNORE_INDEX, THING_CLASSES
 
@@ -129,11 +129,10 @@ class _Grid:
     def __init__(self, lidar_pose: np.ndarray, point_range: Sequence[float],
                  voxel_size: float | Sequence[float], subdivisions: int) -> None:
         pose = np.asarray(lidar_pose, dtype=np.float64)
-        if pose.shape != (4, 4) or not np.isfinite(pose).all():
-            raise ValueError(f"lidar_pose must be a finite 4x4 matrix, got shape {pose.shape}")
+        problem = pose_problem(pose)
+        if problem:
+            raise ValueError(f"lidar_pose is not a rigid transform: {problem}")
         rotation = pose[:3, :3]
-        if not np.allclose(rotation.T @ rotation, np.eye(3), atol=1e-6) or np.linalg.det(rotation) < 0:
-            raise ValueError(f"lidar_pose is not a rigid transform (rotation part {rotation.tolist()})")
         bounds = np.asarray(point_range, dtype=np.float64)
         size = np.broadcast_to(np.asarray(voxel_size, dtype=np.float64), (3,)).copy()
         if bounds.shape != (6,) or (size <= 0).any() or (bounds[3:] <= bounds[:3]).any():
@@ -141,8 +140,7 @@ class _Grid:
                 f"need point_range [x0, y0, z0, x1, y1, z1] with x0 < x1 etc. and voxel_size > 0, "
                 f"got {list(point_range)} and {np.ravel(voxel_size).tolist()}"
             )
-        cells = (bounds[3:] - bounds[:3]) / size
-        shape = np.round(cells)
+        cells, shape = (bounds[3:] - bounds[:3]) / size, grid_shape(bounds, size)
         if not np.allclose(cells, shape, rtol=0, atol=1e-6):
             raise ValueError(
                 f"point_range {bounds.tolist()} is not a whole number of voxels of {size.tolist()} "
@@ -151,7 +149,7 @@ class _Grid:
         if subdivisions < 1:
             raise ValueError(f"subdivisions must be >= 1, got {subdivisions}")
         self.rotation, self.translation = rotation, pose[:3, 3]
-        self.lo, self.size, self.shape = bounds[:3], size, tuple(int(n) for n in shape)
+        self.lo, self.size, self.shape = bounds[:3], size, shape
         self.point_range = tuple(float(v) for v in bounds)
         self.half_diagonal = float(np.linalg.norm(size)) / 2
         self.sub_half_diagonal = self.half_diagonal / subdivisions

@@ -24,15 +24,11 @@ from typing import Callable
 import numpy as np
 import torch
 
+from occbench.data.frame import grid_shape
 from occbench.data.raycast import voxels_crossed
 from occbench.data.taxonomy import CLASSES, EMPTY_INDEX, IGNORE_INDEX, NUM_CLASSES
 from occbench.metrics.segmentation import ConfusionMatrix
 from occbench.metrics.stats import nan_to_none
-
-
-def _grid_shape(grid: dict) -> tuple[int, int, int]:
-    point_range, voxel = grid["range"], grid["voxel_size"]
-    return tuple(round((point_range[axis + 3] - point_range[axis]) / voxel[axis]) for axis in range(3))
 
 
 def observed_mask(points: torch.Tensor, origin: torch.Tensor, grid: dict) -> torch.Tensor:
@@ -45,7 +41,7 @@ def observed_mask(points: torch.Tensor, origin: torch.Tensor, grid: dict) -> tor
 
 def every_voxel(points: torch.Tensor, origin: torch.Tensor, grid: dict) -> torch.Tensor:
     """OpenOccupancy: every voxel counts (the labels' IGNORE_INDEX still excludes the unknown ones)."""
-    return torch.ones(_grid_shape(grid), dtype=torch.bool, device=points.device)
+    return torch.ones(grid_shape(grid["range"], grid["voxel_size"]), dtype=torch.bool, device=points.device)
 
 
 # Which voxels of a frame count, from its points, sensor origin and occupancy grid.

@@ -21,7 +21,7 @@ from torch import nn
 
 from occbench.data.batch import Batch
 from occbench.data.dataset import FrameIndex
-from occbench.data.frame import occupancy_grid
+from occbench.data.frame import grid_shape, occupancy_grid
 from occbench.data.taxonomy import NUM_CLASSES
 from occbench.models.backbone import BackboneOutput, SparseBackbone
 from occbench.models.voxelize import voxelize
@@ -104,7 +104,7 @@ class OccupancyColumns:
         self.grid = {"range": [float(v) for v in occupancy["range"]],
                      "voxel_size": [float(v) for v in occupancy["voxel_size"]]}
         point_range, voxel = self.grid["range"], self.grid["voxel_size"]
-        self.shape = tuple(round((point_range[axis + 3] - point_range[axis]) / voxel[axis]) for axis in range(3))
+        self.shape = grid_shape(point_range, voxel)
         self.k = upsampling(BevLayout.of_backbone(backbone), self.grid, self.shape, who)
         self.depth = self.shape[2]  # voxels along z: the logits of a column
 
