@@ -23,3 +23,16 @@ def test_method_gains_adds_every_method_and_reuses_the_default_scratch_and_also_
     also = next(run for run in default_grid.pretrain_runs if run.method == "also" and run.fraction == 1.0)
     assert pretrain_digest(gains, also) == pretrain_digest(default, also)
     assert len(gains_grid.finetune_runs) == 36  # 6 sources x 6 pairs
+
+
+def test_longer_occupancy_mae_pretraining_doubles_its_steps_and_reuses_the_default_scratch_runs():
+    default = load_params(ROOT / "params.yaml")
+    longer = load_params(ROOT / "params.yaml", ROOT / "experiments" / "occupancy_mae_longer.yaml")
+    assert longer["pretrain"]["epochs"] == 2 * default["pretrain"]["epochs"]
+    grid = Grid(longer)
+    assert [run.method for run in grid.pretrain_runs] == ["occupancy_mae"]
+    scratch = {run.metrics: run for run in Grid(default).finetune_runs if run.source == "scratch"}
+    paired = [run for run in grid.finetune_runs if run.source == "scratch"]
+    assert len(paired) == 6 and all(run.metrics in scratch for run in paired)
+    for run in paired:
+        assert finetune_digest(longer, run) == finetune_digest(default, scratch[run.metrics])
