@@ -2,9 +2,9 @@
 
 Builds a randomly initialised DINOv2 backbone of a published variant's shape
 (ViT-S/14 by default: the cost does not depend on the weights), then times
-``image_features`` on one random image of W x H pixels, resized first to each
-``--heights`` value (OccFeat's ``teacher.image_height``; the aspect ratio kept)
-as ``occbench.pretrain.occfeat.teacher_images`` does. Prints seconds and the
+``image_features`` on one random image of W x H pixels, seen at each ``--heights``
+value of rows (OccFeat's ``teacher.image_height``; the aspect ratio kept, the image
+resized once, to multiples of the patch size). Prints seconds and the
 feature map's size per height, and the peak resident memory. Asserts nothing.
 
     python benchmarks/image_teacher.py [--size 1600 900] [--heights 448 900] [--threads 1] [--device cpu]
@@ -19,7 +19,6 @@ import time
 import torch
 
 from occbench.models.dinov2 import DinoV2, DinoV2Architecture
-from occbench.pretrain.occfeat import teacher_images
 
 # embed_dim, depth, ffn_hidden of Meta's published backbones.
 VARIANTS = {"vits14": (384, 12, 1536), "vitb14": (768, 12, 3072), "vitl14": (1024, 24, 4096)}
@@ -42,7 +41,7 @@ def main() -> None:
     for rows in args.heights:
         with torch.no_grad():
             started = time.perf_counter()
-            features = model.image_features(teacher_images(image, rows))
+            features = model.image_features(image, rows)
             if features.is_cuda:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - started

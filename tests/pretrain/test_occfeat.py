@@ -12,11 +12,11 @@ from occbench.data.batch import collate
 from occbench.data.converters.synthetic import SyntheticConverter
 from occbench.data.synthetic_camera import CameraConfig
 from occbench.models.backbone import SparseBackbone
-from occbench.models.image_encoder import ImageEncoder, load_frozen_image_encoder, save_image_encoder
+from occbench.models.image_encoder import (ImageEncoder, load_frozen_image_encoder, resized, rows_kept_aspect,
+                                           save_image_encoder)
 from occbench.models.voxelize import VoxelGrid
 from occbench.pretrain.base import PretrainModel, RunContext
-from occbench.pretrain.occfeat import (OccFeat, distillation_loss, occupied_voxels, project, sample_features,
-                                      teacher_images)
+from occbench.pretrain.occfeat import OccFeat, distillation_loss, occupied_voxels, project, sample_features
 from model_fixtures import save_tiny_dinov2, step_leaves_the_teacher_unchanged
 from overfitting import overfit, pretext
 
@@ -173,22 +173,24 @@ def test_a_pinned_dinov2_teacher_is_distilled_and_frozen_through_a_step(smoke, d
 
 
 def test_images_are_resized_to_the_teachers_rows_keeping_their_aspect_and_colour():
-    images = torch.zeros((2, 40, 64, 3), dtype=torch.uint8)
-    images[0], images[1] = torch.tensor([10, 200, 33], dtype=torch.uint8), 255
-    resized = teacher_images(images, 20)
-    assert resized.shape == (2, 20, 32, 3) and resized.dtype == torch.uint8
-    assert (resized[0] == torch.tensor([10, 200, 33], dtype=torch.uint8)).all() and (resized[1] == 255).all()
-    assert teacher_images(images, None) is images and teacher_images(images, 40) is images
+    assert rows_kept_aspect(900, 1600, 448) == (448, 796) and rows_kept_aspect(40, 64, None) == (40, 64)
+    images = torch.zeros((2, 3, 40, 64))
+    images[0], images[1] = torch.tensor([0.1, 0.7, 0.3])[:, None, None], 1.0
+    shrunk = resized(images, (20, 32))
+    assert shrunk.shape == (2, 3, 20, 32)
+    assert torch.allclose(shrunk[0], images[0, :, :20, :32]) and torch.allclose(shrunk[1], torch.ones(3, 20, 32))
+    assert resized(images, (40, 64)) is images
 
 
 def test_a_pinned_teacher_sees_images_at_its_image_height(smoke, dinov2_teacher, camera_batch):
     model = occfeat_model(smoke, Path(dinov2_teacher["weights"]), teacher={**dinov2_teacher, "image_height": 28})
     teacher = model.method.teacher
     seen = []
-    original = teacher.image_features
-    teacher.image_features = lambda images: seen.append(tuple(images.shape)) or original(images)
+    original = teacher.forward
+    teacher.forward = lambda pixels: seen.append(tuple(pixels.shape)) or original(pixels)
     logs = step_leaves_the_teacher_unchanged(model, camera_batch)
-    assert seen == [(2, 28, 45, 3)] and logs["distilled_voxels"] > 0  # the 64 x 40 camera at 28 rows
+    # the 64 x 40 camera at 28 rows is 45 columns wide, resized once to 3 x 2 patches of 14 pixels
+    assert seen == [(2, 3, 28, 42)] and logs["distilled_voxels"] > 0
 
 
 def test_a_pinned_dinov2_teacher_of_another_sha256_or_not_dinov2_is_refused(smoke, dinov2_teacher):

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from occbench.models.image_encoder import unit_pixels
+from occbench.models.image_encoder import resized, rows_kept_aspect, unit_pixels
 from occbench.training import load_torch
 
 DINOV2_KIND = "dinov2"  # pretrain.methods.occfeat.teacher.kind of a pinned DINOv2 backbone
@@ -231,14 +231,13 @@ class DinoV2(nn.Module):
         patches = self.norm(tokens)[:, 1 + self.architecture.registers:]
         return patches.transpose(1, 2).reshape(b, self.out_channels, rows, cols)
 
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (B, H, W, 3) -> the feature map covering each whole image: ImageNet-normalised,
-        resized to sides that are multiples of the patch size (``input_size``)."""
+    def image_features(self, images: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+        """uint8 images (B, H, W, 3) -> the feature map covering each whole image: ImageNet-normalised and
+        resized once, to ``rows`` rows keeping the aspect ratio (None: their own size), each side then
+        rounded to a multiple of the patch size (``input_size``)."""
         x = imagenet_pixels(images)
-        size = input_size(x.shape[2], x.shape[3], self.architecture.patch_size)
-        if size != tuple(x.shape[2:]):
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        return self(x)
+        size = input_size(*rows_kept_aspect(*x.shape[2:], rows), self.architecture.patch_size)
+        return self(resized(x, size))
 
 
 def load_frozen_dinov2(path: str | os.PathLike) -> DinoV2:

@@ -46,6 +46,21 @@ def pixels(images: torch.Tensor) -> torch.Tensor:
     return unit_pixels(images) - 0.5
 
 
+def rows_kept_aspect(height: int, width: int, rows: int | None) -> tuple[int, int]:
+    """The size (rows, width) of a height x width image resized to ``rows`` rows keeping its aspect ratio;
+    its own size for None."""
+    if rows is None:
+        return height, width
+    return rows, max(1, round(width * rows / height))
+
+
+def resized(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Float images (B, C, H, W) at ``size`` (bilinear, antialiased when shrinking), once; unchanged at their own."""
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
 class ImageEncoder(nn.Module):
     """Images (B, 3, H, W) -> features (B, channels[-1], H / stride, W / stride), stride 2 per stage."""
 
@@ -65,9 +80,11 @@ class ImageEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.stages(images)
 
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (B, H, W, 3) -> their feature map: what OccFeat asks of every image teacher."""
-        return self(pixels(images))
+    def image_features(self, images: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+        """uint8 images (B, H, W, 3), seen at ``rows`` rows (aspect kept; None: as they are) -> the feature
+        map covering each whole image: what OccFeat asks of every image teacher."""
+        x = pixels(images)
+        return self(resized(x, rows_kept_aspect(*x.shape[2:], rows)))
 
 
 class MaskedImageModel(nn.Module):
