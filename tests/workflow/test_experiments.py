@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from occbench.config import load_params
 from occbench.workflow.grid import Grid, finetune_digest, pretrain_digest
 from smoke import ROOT
@@ -25,14 +27,19 @@ def test_method_gains_adds_every_method_and_reuses_the_default_scratch_and_also_
     assert len(gains_grid.finetune_runs) == 36  # 6 sources x 6 pairs
 
 
-def test_longer_occupancy_mae_pretraining_doubles_its_steps_and_reuses_the_default_scratch_runs():
+@pytest.mark.parametrize("overlay, changed", [
+    ("occupancy_mae_longer.yaml", lambda params: params["pretrain"]["epochs"] == 24),
+    ("occupancy_mae_published_masks.yaml",
+     lambda params: params["pretrain"]["methods"]["occupancy_mae"]["mask_ratios"] == [0.5, 0.3, 0.3]),
+])
+def test_an_occupancy_mae_variant_pretrains_once_and_reuses_the_default_scratch_runs(overlay, changed):
     default = load_params(ROOT / "params.yaml")
-    longer = load_params(ROOT / "params.yaml", ROOT / "experiments" / "occupancy_mae_longer.yaml")
-    assert longer["pretrain"]["epochs"] == 2 * default["pretrain"]["epochs"]
-    grid = Grid(longer)
+    variant = load_params(ROOT / "params.yaml", ROOT / "experiments" / overlay)
+    assert changed(variant) and not changed(default)
+    grid = Grid(variant)
     assert [run.method for run in grid.pretrain_runs] == ["occupancy_mae"]
     scratch = {run.metrics: run for run in Grid(default).finetune_runs if run.source == "scratch"}
     paired = [run for run in grid.finetune_runs if run.source == "scratch"]
     assert len(paired) == 6 and all(run.metrics in scratch for run in paired)
     for run in paired:
-        assert finetune_digest(longer, run) == finetune_digest(default, scratch[run.metrics])
+        assert finetune_digest(variant, run) == finetune_digest(default, scratch[run.metrics])
