@@ -60,8 +60,8 @@ def main() -> None:
         _verb(base, "convert", "--dataset", dataset, "--workers", "2")
         _verb(base, "split", "--dataset", dataset, "--subset", "pretrain", "--fraction", "1")
         _verb(base, "split", "--dataset", dataset, "--subset", "labels", "--fraction", "1", "--split-seed", "0")
-        teachers = {run.teacher.method for run in (pretrain_run(params, backbone, dataset, method, 1.0)
-                                                   for method in methods) if isinstance(run.teacher, PretrainRun)}
+        runs = {method: pretrain_run(params, backbone, dataset, method, 1.0) for method in methods}
+        teachers = {run.teacher.method for run in runs.values() if isinstance(run.teacher, PretrainRun)}
         for workers in args.workers:
             overlay = Path(tmp) / f"workers_{workers}.yaml"
             overlay.write_text(yaml.safe_dump({
@@ -72,8 +72,7 @@ def main() -> None:
             }))
             files = [*base, overlay]
             timed = []
-            for method in methods:
-                pretrain = pretrain_run(params, backbone, dataset, method, 1.0)
+            for method, pretrain in runs.items():
                 teacher = pretrain.teacher
                 if isinstance(teacher, PretrainRun) and not teacher.checkpoint.exists():  # untimed: PICTURE's ALSO
                     _verb(files, "pretrain", "--backbone", backbone, "--dataset", dataset, "--method",

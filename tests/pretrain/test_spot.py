@@ -117,7 +117,7 @@ def test_a_heads_values_at_chosen_voxels_are_those_of_its_unfolded_volume():
     """What OccFeat computes at occupied voxels only equals the dense head's volume read at them."""
     columns = _tiny_spot().columns
     torch.manual_seed(1)
-    conv = torch.nn.Conv2d(5, columns.k * columns.k * columns.depth * 3, 1)
+    conv = columns.column_values(5, 3)
     features = torch.randn(2, 5, 4, 8)  # (B, C, y, x): 8 x 4 BEV cells
     volume = columns.unfold(conv(features), 3)  # (2, 3, 16, 8, 4)
     index = torch.nonzero(torch.rand(2, 16, 8, 4) < 0.2)

@@ -115,8 +115,13 @@ class OccupancyColumns:
             nn.Conv2d(bev_channels, hidden, 3, padding=1, bias=False),
             nn.BatchNorm2d(hidden),
             nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, self.k * self.k * self.depth * channels, 1),
+            self.column_values(hidden, channels),
         )
+
+    def column_values(self, in_channels: int, channels: int) -> nn.Conv2d:
+        """The 1x1 convolution to ``channels`` values of every voxel in the k x k columns under each BEV cell:
+        the layout ``unfold`` and ``values_at`` read."""
+        return nn.Conv2d(in_channels, self.k * self.k * self.depth * channels, 1)
 
     def logits(self, head_output: torch.Tensor, output: BackboneOutput, batch: Batch) -> torch.Tensor:
         """Class logits (B, OCCUPANCY_CLASSES, X, Y, Z) of the batch's occupancy voxels from the head's output."""
@@ -138,7 +143,7 @@ class OccupancyColumns:
     def values_at(self, conv: nn.Conv2d, features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """``unfold(conv(features), channels)[b, :, x, y, z]`` for each row (b, x, y, z) of ``index``: (N, channels).
 
-        ``conv`` is a 1x1 convolution to k * k * Z * channels. Computed at those voxels only: OccFeat needs its
+        ``conv`` is a ``column_values`` convolution. Computed at those voxels only: OccFeat needs its
         16 latent values at the 0.7 % of the volume that is occupied, and the dense map and volume cost 1.5 GFLOP
         and 87 MB a step of 2 frames (pixel shuffle and its backward alone 0.18 s on one core).
         """

@@ -173,8 +173,7 @@ class OccFeat(PretrainMethod):
         # head: the occupancy logit of every voxel; latent: 1x1 conv to the voxel_channels of every voxel, on
         # the head's hidden map (head[:-1]), evaluated at occupied voxels only (OccupancyColumns.values_at)
         self.head = self.columns.head(backbone.bev_channels, self.options.hidden_dim, 1)
-        self.latent = nn.Conv2d(self.options.hidden_dim, self.columns.k ** 2 * self.columns.depth
-                                * self.options.voxel_channels, 1)
+        self.latent = self.columns.column_values(self.options.hidden_dim, self.options.voxel_channels)
         self.to_feature = nn.Linear(self.options.voxel_channels, self.teacher.out_channels)
 
     def train(self, mode: bool = True) -> "OccFeat":
