@@ -1,15 +1,12 @@
 import math
-import os
 from collections import Counter
 
 import numpy as np
 import pytest
 
-from occbench.data import sampling
 from occbench.data.dataset import write_index
-from occbench.data.frame import Frame, FrameFormatError, save_frame
+from occbench.data.frame import Frame
 from occbench.data.sampling import (
-    THING_IDS,
     class_balanced_order,
     class_balanced_weights,
     class_sample_factors,

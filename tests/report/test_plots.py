@@ -47,10 +47,12 @@ def test_plot_titles_say_what_the_error_bars_span(tmp_path, monkeypatch):
     monkeypatch.setattr(plots, "_save", lambda figure, path: titles.append(figure.axes[0].get_title()) or path)
     plot_label_efficiency(make_summary([1.0], label_split_seeds=(0, 3)), MAIN_METRICS, tmp_path)
     plot_pretrain_scaling(make_summary([0.5, 1.0]), MAIN_METRICS, tmp_path)
-    assert titles[0] == ("segmentation on synthetic, backbone small\n"
+    assert titles[0] == ("segmentation fine-tuned on synthetic, backbone small\n"
                          "error bars: 95 % t-interval over 2 training seeds × 2 label splits, one run each")
-    assert titles[1] == ("segmentation on synthetic, backbone small, 1 % labels\nerror bars: 95 % t-interval "
-                         "over 2 training seeds, all on one label split per label\nfraction")
+    assert titles[1] == ("segmentation fine-tuned on synthetic, backbone small, 1 % labels\n"
+                         "error bars: 95 % t-interval over 2 training seeds, all on one label split per label\nfraction")
+    plot_label_efficiency(make_summary([1.0]).assign(mode="probe"), MAIN_METRICS, tmp_path)
+    assert titles[-1].startswith("segmentation probed (frozen backbone, head trained) on synthetic, backbone small\n")
 
 
 def test_pretrain_scaling_one_plot_per_label_fraction(tmp_path):

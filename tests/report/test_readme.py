@@ -37,3 +37,18 @@ def test_committed_reports_come_from_the_default_grid():
     run_keys = ["task", "method", "pretrain_fraction", "label_fraction", "seed", "label_split_seed"]
     assert len(runs.drop_duplicates(run_keys)) == len(grid.finetune_runs), \
         "reports/ was not regenerated from params.yaml's grid (make run)"
+
+
+def test_readme_shows_the_task_gains_tables():
+    """The "Every task against scratch" rows are the ones experiments/task_gains.yaml's report wrote."""
+    results = ROOT / "experiments" / "results" / "task_gains"
+    for table, task, metric in [("detection_synthetic_small.md", "detection", "mAP"),
+                                ("detection_synthetic_small_nds.md", "detection", "NDS"),
+                                ("occupancy_synthetic_small.md", "occupancy", "mIoU"),
+                                ("occupancy_synthetic_small_geometric_iou.md", "occupancy", "geometric IoU")]:
+        rows = {row.split(" | ")[0].removeprefix("| "): row.split(" | ")[1].removesuffix(" |")
+                for row in table_rows((results / table).read_text())}
+        scratch = rows["scratch"]
+        also, gain = rows["also (synthetic, 100 %) †"].removesuffix(")").split(" (")
+        claim = f"| {task} | {metric} | {scratch} | {also} | {gain} |"
+        assert claim in README, f"README.md should show {claim} from {results / table}"

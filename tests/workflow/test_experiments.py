@@ -43,3 +43,17 @@ def test_an_occupancy_mae_variant_pretrains_once_and_reuses_the_default_scratch_
     assert len(paired) == 6 and all(run.metrics in scratch for run in paired)
     for run in paired:
         assert finetune_digest(variant, run) == finetune_digest(default, scratch[run.metrics])
+
+
+def test_task_gains_fine_tunes_detection_and_occupancy_from_the_default_also_checkpoint():
+    default = load_params(ROOT / "params.yaml")
+    tasks = load_params(ROOT / "params.yaml", ROOT / "experiments" / "task_gains.yaml")
+    default_also = next(run for run in Grid(default).pretrain_runs if run.method == "also" and run.fraction == 1.0)
+    grid = Grid(tasks)
+    assert grid.pretrain_runs == [default_also]
+    assert pretrain_digest(tasks, default_also) == pretrain_digest(default, default_also)
+    runs = grid.finetune_runs
+    assert {run.task for run in runs} == {"detection", "occupancy"}
+    assert {run.source for run in runs} == {"scratch", "also-synthetic-pt_1"}
+    assert {run.label_fraction for run in runs} == {0.05}
+    assert len(runs) == 24  # 2 tasks x 2 sources x 6 pairs (seeds 0, 1 x label splits 0, 1, 2)

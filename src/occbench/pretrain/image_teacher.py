@@ -9,7 +9,6 @@ from occbench.io import sha256_file
 from occbench.models.image_encoder import ImageEncoder, MaskedImageModel, save_image_encoder
 from occbench.pretrain.job import finish_run, fit_between_pretext_measures
 from occbench.training import TrainConfig, seed_everything
-from occbench.training.loop import resolve_device
 from occbench.workflow.grid import ImageTeacherRun, digest, image_teacher_digest
 
 NEEDS = frozenset({"cameras"})
@@ -25,10 +24,8 @@ def train_image_teacher(params: dict, run: ImageTeacherRun) -> dict:
     params_digest = image_teacher_digest(params, run)
     split_sha256 = sha256_file(frames.split_file)
     resume_key = digest({"params": params_digest, "split": split_sha256})
-    device = resolve_device(execution["device"])
     _, measured = fit_between_pretext_measures(model, frames, frames.training_set(params, seed), NEEDS, config,
-                                               execution, run.directory, resume_key,
-                                               f"image teacher of {run.method}", seed, device)
+                                               execution, run.directory, resume_key, f"image teacher of {run.method}")
     meta = {
         "run": {"dataset": run.dataset, "method": run.method, "fraction": run.fraction},
         "objective": "masked image modelling",

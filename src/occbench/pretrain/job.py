@@ -45,17 +45,19 @@ def pretext_metrics(model: torch.nn.Module, needs: frozenset[str], index: FrameI
 
 
 def fit_between_pretext_measures(model: torch.nn.Module, frames: RunFrames, dataset, needs: frozenset[str],
-                                  config: TrainConfig, execution: dict, run_dir: Path, resume_key: str, desc: str,
-                                  seed: int, device: torch.device,
-                                  is_main: bool = True) -> tuple[FitResult, dict]:
+                                  config: TrainConfig, execution: dict, run_dir: Path, resume_key: str,
+                                  desc: str) -> tuple[FitResult, dict]:
     """``fit`` with the held-out pretext metrics measured before and after, for every job that trains an
     unlabelled objective (pre-training, an image teacher); returns fit's result and the run_meta fields
-    they all record (none on a rank other than 0, which measures and writes nothing)."""
+    they all record (none on a rank other than 0, which measures and writes nothing). The metrics' random
+    streams follow ``config.seed``; the device is the one ``fit`` trains on."""
     started = time.perf_counter()
-    held_out = (frames.index, frames.val_ids, seed, device, execution["loader_workers"])
-    pretext_init = pretext_metrics(model.to(device), needs, *held_out) if is_main else {}
+    ddp = init_distributed(execution["device"])
+    device = resolve_device(execution["device"], ddp.local_rank)
+    held_out = (frames.index, frames.val_ids, config.seed, device, execution["loader_workers"])
+    pretext_init = pretext_metrics(model.to(device), needs, *held_out) if ddp.is_main else {}
     result = fit(model, dataset, needs, config, execution, run_dir, resume_key, desc=desc)
-    if not is_main:
+    if not ddp.is_main:
         return result, {}
     return result, {
         "pretext": {"val_frames": len(frames.val_ids), "init": pretext_init,
@@ -109,12 +111,9 @@ def pretrain(params: dict, run: PretrainRun) -> None:
     split_sha256 = sha256_file(split_file)
     # every input it reads: params, split and teacher checkpoint
     resume_key = digest({"params": params_digest, "split": split_sha256, "teacher": teacher})
-    ddp = init_distributed(execution["device"])  # the group fit() trains in; rank 0 measures and writes
-    device = resolve_device(execution["device"], ddp.local_rank)
     result, measured = fit_between_pretext_measures(model, frames, dataset, needs, config, execution,
-                                                    run.directory, resume_key, run.method, settings["seed"],
-                                                    device, ddp.is_main)
-    if not ddp.is_main:
+                                                    run.directory, resume_key, run.method)
+    if not init_distributed(execution["device"]).is_main:  # the group fit() trained in: rank 0 writes
         return
     trained = sorted(name.removeprefix("backbone.") for name in result.trained_parameters
                      if name.startswith("backbone."))

@@ -66,6 +66,8 @@ TABLE_KEYS = ("task", "finetune_dataset", "backbone", "mode")
 # What a mode adds to the names of its tables, plots and DVC metrics keys: nothing for full, so
 # they keep the names they had before modes existed.
 MODE_SUFFIXES = {FULL: "", PROBE: f"_{PROBE}"}
+# How a table's caption and a plot's title say what trained: "segmentation fine-tuned on synthetic".
+MODE_WORDS = {FULL: "fine-tuned", PROBE: "probed (frozen backbone, head trained)"}
 # One table row or plot line per combination of these.
 ROW_KEYS = ("method", "pretrain_dataset", "pretrain_fraction")
 

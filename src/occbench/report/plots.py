@@ -20,7 +20,7 @@ from matplotlib.ticker import NullLocator
 from occbench.io import atomic_path
 from occbench.report.aggregate import (
     MODE_SUFFIXES,
-    PROBE,
+    MODE_WORDS,
     SCRATCH,
     TABLE_KEYS,
     format_percent,
@@ -66,11 +66,6 @@ def _set_title(axes: Axes, title: str, cells: pd.DataFrame) -> None:
     axes.set_title(f"{title}\n{errors}", fontsize="small")
 
 
-def _mode_text(mode: str) -> str:
-    """What a title adds for a probe (nothing for full fine-tuning)."""
-    return ", frozen-backbone probe" if mode == PROBE else ""
-
-
 def _save(figure: Figure, path: Path) -> Path:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120)
@@ -93,7 +88,7 @@ def plot_label_efficiency(
             _draw_line(axes, line, "label_fraction", row_label(key))
         _percent_log_x(axes, table["label_fraction"], "labelled fine-tuning data")
         axes.set_ylabel(f"{metric_label(main_metrics[task])} (%)")
-        _set_title(axes, f"{task} on {dataset}, backbone {backbone}{_mode_text(mode)}", table)
+        _set_title(axes, f"{task} {MODE_WORDS[mode]} on {dataset}, backbone {backbone}", table)
         axes.legend()
         name = f"label_efficiency_{task}_{dataset}_{backbone}{MODE_SUFFIXES[mode]}.png"
         written.append(_save(figure, Path(out_dir) / name))
@@ -128,7 +123,7 @@ def plot_pretrain_scaling(
             axes.axhspan(mean - ci95, mean + ci95, color="black", alpha=0.1)
         _percent_log_x(axes, pretrained["pretrain_fraction"], "pre-training data")
         axes.set_ylabel(f"{metric_label(main_metrics[task])} (%)")
-        _set_title(axes, f"{task} on {dataset}, backbone {backbone}{_mode_text(mode)}, "
+        _set_title(axes, f"{task} {MODE_WORDS[mode]} on {dataset}, backbone {backbone}, "
                          f"{format_percent(label_fraction)} % labels", table)
         axes.legend()
         name = (f"pretrain_scaling_{task}_{dataset}_{backbone}{MODE_SUFFIXES[mode]}_labels_"

@@ -28,7 +28,7 @@ from occbench.io import write_text
 from occbench.report.aggregate import (
     COMPUTE_MATCHED,
     MODE_SUFFIXES,
-    PROBE,
+    MODE_WORDS,
     SCRATCH,
     TABLE_KEYS,
     format_percent,
@@ -236,9 +236,8 @@ def _write_metric_tables(summary: pd.DataFrame, main_metrics: Mapping[str, str],
     for (task, dataset, backbone, mode), table in main_metric_rows(summary, main_metrics).groupby(
         list(TABLE_KEYS), sort=True
     ):
-        trained = "probed (frozen backbone, head trained)" if mode == PROBE else "fine-tuned"
         caption = (
-            f"{metric_label(main_metrics[task])} (%) for {task} {trained} on {dataset}, "
+            f"{metric_label(main_metrics[task])} (%) for {task} {MODE_WORDS[mode]} on {dataset}, "
             f"backbone {backbone}: mean ± half-width of the 95 % t-interval over "
             f"{interval_span(table)}; (paired difference to scratch) in percentage points: mean ± half-width "
             "of the 95 % t-interval, over the same runs, of each run minus the scratch run of its training "
